@@ -1,0 +1,4 @@
+from moshi_mlx.app.cli import main
+
+if __name__ == "__main__":
+    main()
