@@ -1,0 +1,217 @@
+"""Model configuration in Kyutai's JSON schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MoshiError
+
+NORMS = ("rms_norm_f32", "rms_norm", "layer_norm", "layer_norm_f32")
+GATINGS = ("silu", "none")
+POSITIONAL_EMBEDDINGS = ("rope", "sin", "sin_rope", "none")
+
+
+@dataclass
+class LmConfig:
+    """Kyutai's LM config; `depformer_*` keys left out fall back to the main transformer's values."""
+
+    dim: int = 4096
+    text_card: int = 32000
+    existing_text_padding_id: int = 3
+    existing_text_end_padding_id: int = 0
+    n_q: int = 16
+    dep_q: int = 8
+    card: int = 2048
+    num_heads: int = 32
+    num_layers: int = 32
+    hidden_scale: float = 4.125
+    causal: bool = True
+    layer_scale: float | None = None
+    context: int | None = 3000
+    max_period: float = 10000.0
+    gating: str = "silu"
+    norm: str = "rms_norm_f32"
+    positional_embedding: str = "rope"
+    depformer_dim: int = 1024
+    depformer_dim_feedforward: int | None = 4224
+    depformer_num_heads: int = 16
+    depformer_num_layers: int = 6
+    depformer_causal: bool | None = True
+    depformer_layer_scale: float | None = None
+    depformer_multi_linear: bool = True
+    depformer_context: int | None = 8
+    depformer_max_period: float | None = 10000.0
+    depformer_gating: str | None = "silu"
+    depformer_pos_emb: str = "none"
+    depformer_weights_per_step: bool = True
+    depformer_weights_per_step_schedule: list[int] | None = None
+    depformer_low_rank_embeddings: int | None = None
+    demux_second_stream: bool = False
+    delays: list[int] = field(default_factory=lambda: [0] + [0] + [1] * 7 + [0] + [1] * 7)
+    conditioners: dict | None = None
+    cross_attention: bool = False
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LmConfig:
+        """Build from Kyutai's JSON dict; unknown keys (e.g. `moshi_name`) are ignored.
+
+        Keys missing from the dict take the defaults of Kyutai's `LMModel` where they differ from the 7B.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {
+            # LMModel's own defaults, used when an older config leaves a key out.
+            "depformer_dim_feedforward": None,
+            "depformer_causal": None,
+            "depformer_context": None,
+            "depformer_max_period": None,
+            "depformer_gating": None,
+            "depformer_pos_emb": "sin",
+            "depformer_multi_linear": False,
+            "depformer_weights_per_step": False,
+            "layer_scale": None,
+            "depformer_layer_scale": None,
+            "demux_second_stream": d.get("demux_second_text_stream", False),
+        }
+        values.update({k: v for k, v in d.items() if k in names})
+        if "depformer_layer_scale" not in d:
+            values["depformer_layer_scale"] = values["layer_scale"]
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise MoshiError(f"invalid model config: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> LmConfig:
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, ValueError) as e:
+            raise MoshiError(f"cannot read model config {path}: {e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def moshi_7b(cls) -> LmConfig:
+        """The 7B config of Kyutai's moshiko/moshika releases."""
+        return cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def _check(self) -> None:
+        problems = []
+        if len(self.delays) != self.n_q + 1:
+            problems.append(f"{len(self.delays)} delays for {self.n_q + 1} streams")
+        if self.dep_q > self.n_q:
+            problems.append(f"dep_q {self.dep_q} > n_q {self.n_q}")
+        for key in ("norm",):
+            if getattr(self, key) not in NORMS:
+                problems.append(f"unknown {key} {getattr(self, key)!r}")
+        for key in ("gating", "depformer_gating"):
+            value = getattr(self, key)
+            if value is not None and value not in GATINGS:
+                problems.append(f"unsupported {key} {value!r}")
+        for key in ("positional_embedding", "depformer_pos_emb"):
+            if getattr(self, key) not in POSITIONAL_EMBEDDINGS:
+                problems.append(f"unsupported {key} {getattr(self, key)!r}")
+        if self.dim % self.num_heads or self.depformer_dim % self.depformer_num_heads:
+            problems.append("dims not divisible by the number of heads")
+        schedule = self.depformer_weights_per_step_schedule
+        if schedule is not None and len(schedule) != self.dep_q:
+            problems.append(f"depformer schedule has {len(schedule)} entries for dep_q {self.dep_q}")
+        if self.demux_second_stream:
+            problems.append("demux_second_stream (two text streams) is not supported")
+        if self.conditioners or self.cross_attention:
+            problems.append("conditioned / cross-attention models are not supported")
+        if problems:
+            raise MoshiError("invalid model config: " + "; ".join(problems))
+
+    # Derived values.
+    @property
+    def num_codebooks(self) -> int:
+        """Streams fed to the temporal transformer: text + n_q audio."""
+        return self.n_q + 1
+
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays)
+
+    @property
+    def depformer_schedule(self) -> list[int]:
+        """Weight set used at each depth step."""
+        if not self.depformer_weights_per_step:
+            return [0] * self.dep_q
+        if self.depformer_weights_per_step_schedule is not None:
+            return list(self.depformer_weights_per_step_schedule)
+        return list(range(self.dep_q))
+
+    @property
+    def depformer_in_schedule(self) -> list[int]:
+        """Index of the `depformer_in` projection used at each depth step."""
+        if not self.depformer_multi_linear:
+            return [0] * self.dep_q
+        if self.depformer_weights_per_step_schedule is not None:
+            return list(self.depformer_weights_per_step_schedule)
+        return list(range(self.dep_q))
+
+    def main_transformer(self) -> TransformerConfig:
+        return TransformerConfig(
+            dim=self.dim,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            dim_feedforward=int(self.hidden_scale * self.dim),
+            gating=self.gating,
+            norm=self.norm,
+            layer_scale=self.layer_scale,
+            positional_embedding=self.positional_embedding,
+            max_period=self.max_period,
+            context=self.context,
+        )
+
+    def depth_transformer(self) -> TransformerConfig:
+        ff = self.depformer_dim_feedforward
+        if ff is None:
+            ff = int(self.hidden_scale * self.depformer_dim)
+        return TransformerConfig(
+            dim=self.depformer_dim,
+            num_heads=self.depformer_num_heads,
+            num_layers=self.depformer_num_layers,
+            dim_feedforward=ff,
+            gating=self.depformer_gating or self.gating,
+            norm=self.norm,
+            layer_scale=self.depformer_layer_scale,
+            positional_embedding=self.depformer_pos_emb,
+            max_period=self.depformer_max_period or self.max_period,
+            context=None,
+        )
+
+
+@dataclass
+class TransformerConfig:
+    dim: int
+    num_heads: int
+    num_layers: int
+    dim_feedforward: int
+    gating: str
+    norm: str
+    layer_scale: float | None
+    positional_embedding: str
+    max_period: float
+    context: int | None
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def gating_hidden(self) -> int:
+        """Hidden width of the gated MLP, as Kyutai's ActivationGating sizes it."""
+        if self.dim_feedforward == 4 * self.dim:
+            return (21 * self.dim) // 8
+        return (2 * self.dim_feedforward) // 3

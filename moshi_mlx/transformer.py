@@ -1,0 +1,173 @@
+"""Kyutai's streaming transformer blocks: norms, attention with a sliding window, MLPs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import create_causal_mask, scaled_dot_product_attention
+
+from .config import TransformerConfig
+
+
+class RmsNorm(nn.Module):
+    """RMSNorm `x * weight * rsqrt(mean(x^2) + eps)`, optionally computed in float32."""
+
+    def __init__(self, dims: int, eps: float, float32: bool):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+        self.float32 = float32
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.float32:
+            y = mx.fast.rms_norm(x.astype(mx.float32), self.weight.astype(mx.float32), self.eps)
+            return y.astype(x.dtype)
+        return mx.fast.rms_norm(x, self.weight, self.eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with bias, optionally computed in float32."""
+
+    def __init__(self, dims: int, eps: float, float32: bool):
+        super().__init__(dims, eps=eps)
+        self.float32 = float32
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.float32:
+            y = mx.fast.layer_norm(
+                x.astype(mx.float32),
+                self.weight.astype(mx.float32),
+                self.bias.astype(mx.float32),
+                self.eps,
+            )
+            return y.astype(x.dtype)
+        return super().__call__(x)
+
+
+def make_norm(kind: str, dims: int) -> nn.Module:
+    """The norms of Kyutai's `create_norm_fn`, with its epsilons."""
+    if kind == "rms_norm_f32":
+        return RmsNorm(dims, 1e-8, float32=True)
+    if kind == "rms_norm":
+        return RmsNorm(dims, 1e-5, float32=False)
+    if kind == "layer_norm":
+        return LayerNorm(dims, 1e-5, float32=False)
+    if kind == "layer_norm_f32":
+        return LayerNorm(dims, 1e-8, float32=True)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dims: int, init: float):
+        super().__init__()
+        self.scale = mx.full((dims,), init)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x * self.scale
+
+
+def sin_embedding(positions: mx.array, dims: int, max_period: float) -> mx.array:
+    """Sinusoidal embedding `[cos(phase), sin(phase)]` with Kyutai's frequency spacing."""
+    half = dims // 2
+    exponents = mx.arange(half, dtype=mx.float32) / (half - 1)
+    phase = positions.astype(mx.float32)[..., None] / (max_period**exponents)
+    return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.use_rope = cfg.positional_embedding in ("rope", "sin_rope")
+        self.max_period = cfg.max_period
+        self.in_proj = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
+        B, T, D = x.shape
+        qkv = self.in_proj(x).reshape(B, T, 3, self.num_heads, self.head_dim)
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        if self.use_rope:
+            offset = cache.offset if cache is not None else 0
+            # Kyutai's RoPE rotates interleaved pairs (2i, 2i+1): MLX's "traditional" layout.
+            q = mx.fast.rope(q, self.head_dim, traditional=True, base=self.max_period, scale=1.0,
+                             offset=offset)
+            k = mx.fast.rope(k, self.head_dim, traditional=True, base=self.max_period, scale=1.0,
+                             offset=offset)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, T, D))
+
+
+class GatedMlp(nn.Module):
+    """`linear_in` -> halves a, b -> `silu(a) * b` -> `linear_out`."""
+
+    def __init__(self, dims: int, hidden: int):
+        super().__init__()
+        self.linear_in = nn.Linear(dims, 2 * hidden, bias=False)
+        self.linear_out = nn.Linear(hidden, dims, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        a, b = mx.split(self.linear_in(x), 2, axis=-1)
+        return self.linear_out(nn.silu(a) * b)
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm1 = make_norm(cfg.norm, cfg.dim)
+        self.norm2 = make_norm(cfg.norm, cfg.dim)
+        self.self_attn = Attention(cfg)
+        if cfg.gating == "none":
+            self.linear1 = nn.Linear(cfg.dim, cfg.dim_feedforward, bias=False)
+            self.linear2 = nn.Linear(cfg.dim_feedforward, cfg.dim, bias=False)
+        else:
+            self.gating = GatedMlp(cfg.dim, cfg.gating_hidden)
+        if cfg.layer_scale is not None:
+            self.layer_scale_1 = LayerScale(cfg.dim, cfg.layer_scale)
+            self.layer_scale_2 = LayerScale(cfg.dim, cfg.layer_scale)
+
+    def _mlp(self, x: mx.array) -> mx.array:
+        if "gating" in self:
+            return self.gating(x)
+        return self.linear2(nn.gelu(self.linear1(x)))
+
+    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
+        update = self.self_attn(self.norm1(x), cache, mask)
+        if "layer_scale_1" in self:
+            update = self.layer_scale_1(update)
+        x = x + update
+        update = self._mlp(self.norm2(x))
+        if "layer_scale_2" in self:
+            update = self.layer_scale_2(update)
+        return x + update
+
+
+class Transformer(nn.Module):
+    """A stack of layers; positions come from the caches' offsets when streaming."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
+
+    def __call__(self, x: mx.array, caches: list[Any] | None = None) -> mx.array:
+        T = x.shape[1]
+        offset = caches[0].offset if caches else 0
+        if self.cfg.positional_embedding in ("sin", "sin_rope"):
+            positions = mx.arange(offset, offset + T)
+            x = x + sin_embedding(positions, x.shape[-1], self.cfg.max_period).astype(x.dtype)
+        mask = None
+        if T > 1:
+            if offset:
+                raise ValueError("multi-step input is only supported from the start of a sequence")
+            mask = create_causal_mask(T, 0, window_size=self.cfg.context)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, caches[i] if caches else None, mask)
+        return x
