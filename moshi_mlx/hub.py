@@ -1,0 +1,141 @@
+"""Finding model files: Hugging Face repos (with their cache and offline mode) or local paths."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+
+from .config import LmConfig
+from .errors import MoshiError
+
+VOICES = ("moshiko", "moshika")
+QUANTS = ("q4", "q8", "bf16")
+MOSHI_FILES = {"q4": "model.q4.safetensors", "q8": "model.q8.safetensors", "bf16": "model.safetensors"}
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class ModelFiles:
+    moshi_weights: Path
+    mimi_weights: Path
+    tokenizer: Path
+    config: LmConfig
+    repo: str | None
+    quant: str
+
+
+def normalize_quant(quant: str | int) -> str:
+    """'4', 4, 'q4' -> 'q4'; 'bf16' stays."""
+    q = str(quant).lower()
+    q = q if q.startswith("q") or q == "bf16" else f"q{q}"
+    if q not in QUANTS:
+        raise MoshiError(f"unknown quantization {quant!r}: use 4, 8 or bf16")
+    return q
+
+
+def default_repo(voice: str = "moshiko", quant: str | int = "q4") -> str:
+    """Kyutai's MLX repo for a voice and quantization, e.g. kyutai/moshiko-mlx-q4."""
+    if voice not in VOICES:
+        raise MoshiError(f"unknown voice {voice!r}: use {' or '.join(VOICES)}")
+    return f"kyutai/{voice}-mlx-{normalize_quant(quant)}"
+
+
+def download_command(repo: str, quant: str = "q4") -> str:
+    return f"moshi-mlx download --hf-repo {repo} -q {quant.removeprefix('q')}"
+
+
+def fetch(repo: str, filename: str, quant: str = "q4") -> Path:
+    """A file of a Hugging Face repo, from the cache or downloaded into it (with progress)."""
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except LocalEntryNotFoundError:
+        raise MoshiError(
+            f"{filename} of {repo} is not in the Hugging Face cache and cannot be downloaded now "
+            f"(offline); run `{download_command(repo, quant)}` while online"
+        ) from None
+    except RepositoryNotFoundError:
+        raise MoshiError(f"Hugging Face repo {repo} not found (or private): check --hf-repo") from None
+    except EntryNotFoundError:
+        raise MoshiError(f"{repo} has no file {filename}: check --hf-repo and -q") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise MoshiError(f"cannot download {filename} from {repo}: {str(e).splitlines()[0]}") from None
+
+
+def _repo_config(repo: str) -> dict | None:
+    """The repo's config.json (newer Kyutai repos carry one), or None."""
+    try:
+        path = hf_hub_download(repo, CONFIG_FILE)
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None
+    except (RepositoryNotFoundError, HfHubHTTPError, OSError):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _local(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MoshiError(f"{what} not found: {p}")
+    return p
+
+
+def resolve_files(
+    hf_repo: str | None = None,
+    voice: str = "moshiko",
+    quant: str | int = "q4",
+    moshi_weights: str | Path | None = None,
+    mimi_weights: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    config: str | Path | None = None,
+) -> ModelFiles:
+    """Every file a conversation needs: local paths win, the rest comes from the repo."""
+    quant = normalize_quant(quant)
+    repo = hf_repo
+    if repo is None and not (moshi_weights and mimi_weights and tokenizer):
+        repo = default_repo(voice, quant)
+    repo_config = _repo_config(repo) if repo and config is None else None
+
+    def from_repo(local: str | Path | None, key: str, default: str, what: str) -> Path:
+        if local is not None:
+            return _local(local, what)
+        assert repo is not None
+        name = (repo_config or {}).get(key) or default
+        return fetch(repo, name, quant)
+
+    lm_config = (
+        LmConfig.from_json(_local(config, "model config")) if config is not None
+        else LmConfig.from_dict(repo_config) if repo_config
+        else LmConfig.moshi_7b()
+    )
+    return ModelFiles(
+        moshi_weights=from_repo(moshi_weights, "moshi_name", MOSHI_FILES[quant], "Moshi weights"),
+        mimi_weights=from_repo(mimi_weights, "mimi_name", MIMI_FILE, "Mimi weights"),
+        tokenizer=from_repo(tokenizer, "tokenizer_name", TOKENIZER_FILE, "text tokenizer"),
+        config=lm_config,
+        repo=repo,
+        quant=quant,
+    )
+
+
+def download(repo: str, quant: str | int = "q4") -> list[Path]:
+    """Fetch everything `resolve_files` will need from `repo`, for offline use later."""
+    quant = normalize_quant(quant)
+    repo_config = _repo_config(repo) or {}
+    names = [
+        repo_config.get("moshi_name") or MOSHI_FILES[quant],
+        repo_config.get("mimi_name") or MIMI_FILE,
+        repo_config.get("tokenizer_name") or TOKENIZER_FILE,
+    ]
+    return [fetch(repo, name, quant) for name in names]
