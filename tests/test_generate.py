@@ -1,0 +1,109 @@
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from moshi_mlx import LmGen
+from moshi_mlx.testing import random_lm, tiny_config
+
+USER = np.random.default_rng(0).integers(0, 64, size=(40, 8))
+
+
+def run(gen, steps, **kwargs):
+    return [gen.step(USER[t], **kwargs) for t in range(steps)]
+
+
+def test_step_outputs():
+    gen = LmGen(random_lm(tiny_config()), seed=0)
+    outs = run(gen, 4)
+    assert outs[0].audio_codes is None
+    for out in outs[1:]:
+        assert out.audio_codes.shape == (8,) and out.audio_codes.dtype == np.int64
+        assert ((0 <= out.audio_codes) & (out.audio_codes < 64)).all()
+    assert all(isinstance(o.text_token, int) and 0 <= o.text_token < 64 for o in outs)
+
+
+def test_seeded_sampling_is_reproducible():
+    lm = random_lm(tiny_config())
+
+    def tokens(seed):
+        outs = run(LmGen(lm, seed=seed), 8)
+        return [(o.text_token, None if o.audio_codes is None else o.audio_codes.tolist()) for o in outs]
+
+    assert tokens(1) == tokens(1)
+    assert tokens(1) != tokens(2)
+    gen = LmGen(lm, seed=1)
+    first = [o.text_token for o in run(gen, 8)]
+    gen.reset()
+    assert [o.text_token for o in run(gen, 8)] == first
+
+
+def test_output_frame_realigns_the_acoustic_delay():
+    """The frame handed out at step t is [a0(t-1), a1..a7(t)] of what the depth transformer sampled."""
+    gen = LmGen(random_lm(tiny_config()), temp=0, temp_text=0)
+    forced = np.random.default_rng(1).integers(0, 64, size=(6, 8))
+    outs = [gen.step(USER[t], force_audio=forced[t], force_text=5) for t in range(6)]
+    assert all(o.text_token == 5 for o in outs)
+    for t in range(1, 6):
+        assert outs[t].audio_codes.tolist() == [forced[t - 1][0], *forced[t][1:]]
+
+
+@pytest.mark.parametrize("context", [40, 5])
+def test_streaming_equals_teacher_forced_forward(context):
+    """Per-step logits equal `forward_codes` on the sequence the generator produced, window wrap included."""
+    lm = random_lm(tiny_config(context=context), seed=1)
+    cfg, steps = lm.config, 3 * 5 + 2
+    gen = LmGen(lm, seed=3)
+    outs = run(gen, steps, return_logits=True)
+    codes = np.zeros((1, 17, steps), dtype=np.int32)
+    codes[0, 0] = [o.text_token for o in outs]
+    for t in range(1, steps):  # the frame of step t is [a0(t-1), a1..a7(t)]; codes hold stream k at t - delay
+        codes[0, 1, t - 1] = outs[t].audio_codes[0]
+        codes[0, 2:9, t - 1] = outs[t].audio_codes[1:]
+    codes[0, 9:] = USER[1 : steps + 1].T  # step t sees the user's frame t on u0: one ahead of forward()
+    text, audio = (np.array(x) for x in lm.forward_codes(mx.array(codes)))
+    for t in range(steps - 2):
+        np.testing.assert_allclose(text[0, 0, t], outs[t].text_logits, atol=1e-4)
+        for k in range(8):
+            position = t - cfg.delays[k + 1]
+            if position >= 0:
+                np.testing.assert_allclose(audio[0, k, position], outs[t].audio_logits[k], atol=1e-4)
+
+
+def test_runs_past_the_context_with_a_bounded_window():
+    lm = random_lm(tiny_config(context=6))
+    gen = LmGen(lm, seed=0)
+    run(gen, 30)
+    assert gen.step_index == 30
+    assert all(c.keys.shape[2] == 6 for c in gen.cache)
+
+
+def test_one_host_sync_per_step(monkeypatch):
+    """One `mx.eval` per step, and every array read on the host was evaluated by it."""
+    import moshi_mlx.generate as generate
+
+    gen = LmGen(random_lm(tiny_config()), seed=0)
+    run(gen, 2)  # warm up
+    evaluated, syncs, unevaluated_reads = set(), [], []
+    real_eval, real_array = mx.eval, np.array
+
+    def counting_eval(*arrays):
+        syncs.append(len(arrays))
+        evaluated.update(id(a) for a in arrays)
+        return real_eval(*arrays)
+
+    def checked_array(x, *args, **kwargs):
+        if isinstance(x, mx.array) and id(x) not in evaluated:
+            unevaluated_reads.append(x.shape)
+        return real_array(x, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "eval", counting_eval)
+    monkeypatch.setattr(generate.np, "array", checked_array)
+    for t in range(3):
+        gen.step(USER[t], return_logits=t == 2)
+    assert len(syncs) == 3 and unevaluated_reads == []
+
+
+def test_bad_user_codes():
+    gen = LmGen(random_lm(tiny_config()))
+    with pytest.raises(ValueError, match="expected 8 user codes"):
+        gen.step(np.zeros(7))
