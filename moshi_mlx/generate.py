@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -52,6 +53,7 @@ class LmGen:
         top_k: int = 250,
         top_k_text: int = 25,
         seed: int | None = None,
+        compile: bool = True,
     ):
         self.lm = lm
         cfg = lm.config
@@ -60,6 +62,11 @@ class LmGen:
         self.sample_audio = _sampler(temp, top_k, cfg.card)
         self.seed = seed
         self.num_user = cfg.n_q - cfg.dep_q
+        # The depth transformer's 8 steps depend on nothing but this frame: compile them once.
+        self._depth = self._sample_depth
+        if compile:
+            state = [lm.state, mx.random.state]
+            self._depth = partial(mx.compile, inputs=state, outputs=[mx.random.state])(self._sample_depth)
         self.reset()
 
     def reset(self) -> None:
@@ -90,6 +97,26 @@ class LmGen:
                 tokens.append(self._user[-1 - d][k - dep : k - dep + 1])
         return mx.concatenate(tokens).reshape(1, -1, 1)
 
+    def _run_depth(
+        self, hidden: mx.array, text: mx.array, forced: np.ndarray | None = None
+    ) -> tuple[mx.array, mx.array]:
+        """Sample (or take from `forced`) the frame's codebooks in order; returns tokens and logits."""
+        caches = self.lm.make_depformer_cache()
+        prev, tokens, all_logits = text, [], []
+        for k in range(self.cfg.dep_q):
+            logits = self.lm.depformer.step(k, hidden, prev.reshape(1, 1), caches)[:, -1]
+            logits = logits.astype(mx.float32)
+            if forced is None:
+                prev = self.sample_audio(logits).astype(mx.int32).reshape(1)
+            else:
+                prev = mx.array(forced[k : k + 1])
+            tokens.append(prev)
+            all_logits.append(logits)
+        return mx.concatenate(tokens), mx.stack(all_logits)
+
+    def _sample_depth(self, hidden: mx.array, text: mx.array) -> mx.array:
+        return self._run_depth(hidden, text)[0]
+
     def step(
         self,
         user_codes: Any,
@@ -112,20 +139,12 @@ class LmGen:
             text = mx.array([int(force_text)], dtype=mx.int32)
         text = text.astype(mx.int32).reshape(1)
 
-        forced = None if force_audio is None else np.asarray(force_audio).reshape(-1).astype(np.int32)
-        caches = self.lm.make_depformer_cache()
-        prev = text
-        audio, audio_logits = [], []
-        for k in range(cfg.dep_q):
-            logits = self.lm.depformer.step(k, hidden, prev.reshape(1, 1), caches)[:, -1]
-            logits = logits.astype(mx.float32)
-            audio_logits.append(logits)
-            if forced is None:
-                prev = self.sample_audio(logits).astype(mx.int32).reshape(1)
-            else:
-                prev = mx.array(forced[k : k + 1])
-            audio.append(prev)
-        generated = mx.concatenate([text] + audio)
+        if force_audio is None and not return_logits:
+            audio = self._depth(hidden, text)
+        else:
+            forced = None if force_audio is None else np.asarray(force_audio).reshape(-1).astype(np.int32)
+            audio, audio_logits = self._run_depth(hidden, text, forced)
+        generated = mx.concatenate([text, audio])
         self._generated.append(generated)
         self.step_index += 1
 
@@ -138,7 +157,7 @@ class LmGen:
                 for k, d in enumerate(cfg.delays[1 : cfg.dep_q + 1], start=1)
             ]
             outputs.append(mx.concatenate(frame))
-        extra = [text_logits[0], mx.stack([x[0] for x in audio_logits])] if return_logits else []
+        extra = [text_logits[0], audio_logits[:, 0]] if return_logits else []
         tokens = mx.concatenate(outputs)
         # The one host synchronisation of the step.
         mx.eval(tokens, *extra)

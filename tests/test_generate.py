@@ -107,3 +107,14 @@ def test_bad_user_codes():
     gen = LmGen(random_lm(tiny_config()))
     with pytest.raises(ValueError, match="expected 8 user codes"):
         gen.step(np.zeros(7))
+
+
+@pytest.mark.parametrize("temp", [0.0, 0.8])
+def test_compiled_depth_transformer_matches_eager(temp):
+    lm = random_lm(tiny_config())
+
+    def tokens(compiled):
+        gen = LmGen(lm, temp=temp, temp_text=temp, seed=4, compile=compiled)
+        return [(o.text_token, None if o.audio_codes is None else o.audio_codes.tolist()) for o in run(gen, 10)]
+
+    assert tokens(True) == tokens(False)
