@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
@@ -60,6 +62,8 @@ class Lm(nn.Module):
     def __init__(self, config: LmConfig):
         super().__init__()
         self.config = config
+        # Per-module {"bits", "group_size"} of a loaded quantized checkpoint (read-only, not a parameter).
+        self.quantization: Mapping[str, Mapping[str, int]] = MappingProxyType({})
         self.text_emb = nn.Embedding(config.text_card + 1, config.dim)
         self.audio_embs = [nn.Embedding(config.card + 1, config.dim) for _ in range(config.n_q)]
         self.transformer = Transformer(config.main_transformer())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
@@ -198,7 +200,7 @@ def _quantization_of(model: nn.Module, weights: dict[str, mx.array]) -> dict[str
     return found
 
 
-def summarize_quantization(per_module: dict[str, dict[str, int]]) -> str:
+def summarize_quantization(per_module: Mapping[str, Mapping[str, int]]) -> str:
     """'bf16', 'q4', 'q8' or 'mixed'."""
     bits = {q["bits"] for q in per_module.values()}
     if not bits:
@@ -248,7 +250,7 @@ def load_lm(
         n: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for n, v in weights.items()
     }
     model.load_weights(list(weights.items()), strict=True)
-    model.quantization = quantization
+    model.quantization = MappingProxyType(quantization)
     model.eval()
     mx.eval(model.parameters())
     return model
