@@ -1,6 +1,9 @@
 """The `moshi-mlx` command: one entry point dispatching to a module per subcommand."""
 
+from __future__ import annotations
+
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -12,19 +15,43 @@ SUBCOMMANDS = {
 }
 
 
+def _usage() -> str:
+    lines = ["usage: moshi-mlx [SUBCOMMAND] [options]", "", "subcommands:"]
+    lines += [f"  {name:<10}{text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "`moshi-mlx SUBCOMMAND --help` for its options; with no subcommand, `chat`."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: moshi-mlx [SUBCOMMAND] [options]\n\nsubcommands:")
-        for name, text in SUBCOMMANDS.items():
-            print(f"  {name:<10}{text}")
+        print(_usage())
+        return
+    if argv and argv[0] == "--version":
+        from moshi_mlx import __version__
+
+        print(f"moshi-mlx {__version__}")
         return
     if argv and argv[0] in SUBCOMMANDS:
         name, argv = argv[0], argv[1:]
     else:
         name = "chat"
-    module = importlib.import_module(f"moshi_mlx.app.{name}")
-    module.main(argv)
+    # Imported late: a subcommand's heavy imports (mlx, sounddevice) must not slow down or break the others.
+    from moshi_mlx.errors import MoshiError
+
+    try:
+        module = importlib.import_module(f"moshi_mlx.app.{name}")
+        module.main(argv)
+    except MoshiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # `moshi-mlx devices | head`: the reader left; keep Python's exit-time flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""`moshi-mlx download`: fetch a model's files into the Hugging Face cache, for offline conversations later."""
+
+from __future__ import annotations
+
+import argparse
+
+from huggingface_hub import constants
+
+from moshi_mlx import hub
+from moshi_mlx.errors import MoshiError
+
+from .memory import choose_quant
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="moshi-mlx download",
+        description="Download Moshi's weights, Mimi's weights and the text tokenizer (and config.json when the "
+        "repo has one) into the Hugging Face cache. Afterwards `moshi-mlx` works offline with the same options.",
+    )
+    parser.add_argument("--voice", choices=hub.VOICES, default="moshiko", help="moshiko (male) or moshika (female)")
+    parser.add_argument(
+        "-q", "--quantize", dest="quant", choices=["4", "8", "bf16"], default=None,
+        help="weights precision (default: what `moshi-mlx chat` would choose for this machine's memory)",
+    )
+    parser.add_argument("--hf-repo", default=None, help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
+    args = parser.parse_args(argv)
+
+    quant = hub.normalize_quant(args.quant) if args.quant else choose_quant()[0]
+    repo = args.hf_repo or hub.default_repo(args.voice, quant)
+    if constants.HF_HUB_OFFLINE:
+        raise MoshiError(f"cannot download {repo}: HF_HUB_OFFLINE is set; unset it and connect to the internet")
+    print(f"Downloading {repo} ({quant}) into {constants.HF_HUB_CACHE}")
+    paths = hub.download(repo, quant)
+    size = sum(p.stat().st_size for p in paths) / 1024**3
+    for path in paths:
+        print(f"  {path}")
+    options = f"--hf-repo {repo}" if args.hf_repo else f"--voice {args.voice}"
+    print(f"Done: {size:.2f} GiB. Offline from now on: `moshi-mlx chat {options} -q {quant.removeprefix('q')}`")
