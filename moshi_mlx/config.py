@@ -13,6 +13,10 @@ from .errors import MoshiError
 NORMS = ("rms_norm_f32", "rms_norm", "layer_norm", "layer_norm_f32")
 GATINGS = ("silu", "none")
 POSITIONAL_EMBEDDINGS = ("rope", "sin", "sin_rope", "none")
+OPTIONAL_KEYS = (
+    "depformer_weights_per_step_schedule", "depformer_low_rank_embeddings", "demux_second_stream",
+    "conditioners", "cross_attention",
+)
 
 
 @dataclass
@@ -102,7 +106,12 @@ class LmConfig:
         return cls()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Kyutai's schema; optional keys at their "off" value are left out, as in Kyutai's own configs."""
+        d = dataclasses.asdict(self)
+        for key in OPTIONAL_KEYS:
+            if not d[key]:
+                del d[key]
+        return d
 
     def _check(self) -> None:
         problems = []
