@@ -1,0 +1,52 @@
+"""Options shared by the subcommands that run Moshi (`chat`, `run`): which model, how it samples."""
+
+from __future__ import annotations
+
+import argparse
+
+from moshi_mlx import hub
+from moshi_mlx.pipeline import Pipeline
+
+from .memory import check_fits, choose_quant
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--voice", choices=hub.VOICES, default="moshiko", help="moshiko (male) or moshika (female)")
+    group.add_argument(
+        "-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default=None,
+        help="weights precision (default: the best that fits this machine's memory)",
+    )
+    group.add_argument("--hf-repo", default=None, help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
+    group.add_argument("--moshi-weights", default=None, help="local Moshi weights (.safetensors, MLX or PyTorch names)")
+    group.add_argument("--mimi-weights", default=None, help="local Mimi weights (.safetensors)")
+    group.add_argument("--tokenizer", default=None, help="local text tokenizer (SentencePiece .model)")
+    group.add_argument("--config", default=None, help="local model config.json (default: the repo's, else the 7B)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--seed", type=int, default=None, help="random seed: the same input gives the same output")
+    group.add_argument("--temp", type=float, default=0.8, help="audio sampling temperature (0 = greedy)")
+    group.add_argument("--temp-text", type=float, default=0.7, help="text sampling temperature (0 = greedy)")
+
+
+def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
+    """The model files the options name: local paths win, the rest from the Hugging Face repo (or its cache)."""
+    local = args.moshi_weights and args.mimi_weights and args.tokenizer
+    quant = hub.normalize_quant(args.quant) if args.quant else ("q4" if local else choose_quant()[0])
+    files = hub.resolve_files(
+        hf_repo=args.hf_repo, voice=args.voice, quant=quant, moshi_weights=args.moshi_weights,
+        mimi_weights=args.mimi_weights, tokenizer=args.tokenizer, config=args.config,
+    )
+    check_fits(files.quant, files.moshi_weights)
+    return files
+
+
+def load_pipeline(args: argparse.Namespace) -> Pipeline:
+    """Moshi, Mimi and the text tokenizer as the model and sampling options say."""
+    files = resolve_files(args)
+    return Pipeline.load(
+        files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
+        seed=args.seed, temp=args.temp, temp_text=args.temp_text,
+    )

@@ -1,0 +1,260 @@
+"""The live conversation: microphone -> Moshi -> speaker, one 80 ms frame at a time.
+
+Two sounddevice callbacks only move numpy blocks through queues (no waiting, no MLX, one small copy); one
+inference thread runs the pipeline. Lag policy: when more than `max_backlog` input frames wait, the oldest are
+dropped (and counted); when Moshi's audio is late, the speaker plays silence (an underrun, counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .audio_io import Chunker, StreamResampler, StreamSettings, downmix, find_device, sounddevice, stream_settings
+from .errors import MoshiError
+from .pipeline import FrameEvent, Pipeline
+
+FRAME_MS = 80.0
+TIMES_KEPT = 4096  # callback timestamps kept for the stats (about 5 minutes)
+
+
+@dataclass
+class EngineStats:
+    """Counters and timings of a live run (a snapshot; `Engine.stats()`)."""
+
+    input: StreamSettings | None = None
+    output: StreamSettings | None = None
+    received: int = 0  # input blocks delivered by the input callback
+    processed: int = 0  # frames run through the model
+    dropped: int = 0  # input frames dropped by the lag policy (and those left unprocessed at stop)
+    underruns: int = 0  # output blocks played as silence after Moshi started speaking
+    output_dropped: int = 0  # Moshi blocks discarded because the speaker queue was over its bound
+    input_overflows: int = 0  # PortAudio status flags reported to the callbacks
+    output_underflows: int = 0
+    callback_max_ms: float = 0.0  # longest time spent inside one of our callbacks
+    first_output_frames: float | None = None  # first input callback -> first Moshi block played, in frames
+    input_times: list[float] = field(default_factory=list)  # monotonic times of the last input callbacks
+    output_times: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def intervals_ms(times: list[float]) -> np.ndarray:
+        return np.diff(np.asarray(times)) * 1000.0
+
+
+class Engine:
+    """A live, full-duplex conversation on sound devices; a context manager (start on enter, stop on exit).
+
+    Events (`FrameEvent`, one per processed frame) go to `on_event` on the inference thread when given, else
+    to the `events` queue, which a UI drains from its own thread. `recorder` (`write(user, moshi)`, `close()`)
+    and `transcript` (`write(piece)`, `close()`) are fed on the inference thread and closed by `stop()`.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        input_device: str | int | None = None,
+        output_device: str | int | None = None,
+        max_backlog: int = 2,
+        on_event: Callable[[FrameEvent], None] | None = None,
+        recorder: Any = None,
+        transcript: Any = None,
+        warmup_frames: int = 2,
+        samplerate: int | None = None,
+        max_output_backlog: int = 4,
+    ):
+        if max_backlog < 0:
+            raise ValueError("max_backlog must be >= 0")
+        self.pipeline = pipeline
+        self.input_device, self.output_device = input_device, output_device
+        self.max_backlog, self.max_output_backlog = max_backlog, max_output_backlog
+        self.events: queue.Queue[FrameEvent] = queue.Queue(maxsize=1024)
+        self.on_event = on_event or self._queue_event
+        self.recorder, self.transcript = recorder, transcript
+        self.warmup_frames = warmup_frames
+        self.samplerate = samplerate
+        self.error: BaseException | None = None
+        self._stats = EngineStats()
+        self._mic: queue.Queue[np.ndarray] = queue.Queue()
+        self._speaker: deque[np.ndarray] = deque()
+        self._in_times: deque[float] = deque(maxlen=TIMES_KEPT)
+        self._out_times: deque[float] = deque(maxlen=TIMES_KEPT)
+        self._first_input: float | None = None
+        self._speaking = False  # Moshi's first block has been queued
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._input_stream: Any = None
+        self._output_stream: Any = None
+        self._closed = False
+
+    # --- the callbacks: PortAudio's threads, no waiting, no MLX ---
+
+    def _on_input(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        start = time.monotonic()
+        if self._first_input is None:
+            self._first_input = start
+        self._in_times.append(start)
+        if status.input_overflow:
+            self._stats.input_overflows += 1
+        self._mic.put_nowait(indata.copy())
+        self._stats.received += 1
+        self._stats.callback_max_ms = max(self._stats.callback_max_ms, (time.monotonic() - start) * 1000)
+
+    def _on_output(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        start = time.monotonic()
+        self._out_times.append(start)
+        if status.output_underflow:
+            self._stats.output_underflows += 1
+        try:
+            block = self._speaker.popleft()
+        except IndexError:
+            outdata.fill(0)
+            if self._speaking:
+                self._stats.underruns += 1
+        else:
+            if self._stats.first_output_frames is None and self._first_input is not None:
+                self._stats.first_output_frames = (start - self._first_input) * 1000 / FRAME_MS
+            n = min(frames, len(block))
+            outdata[:n] = block[:n, None]
+            outdata[n:] = 0
+        self._stats.callback_max_ms = max(self._stats.callback_max_ms, (time.monotonic() - start) * 1000)
+
+    # --- the inference thread ---
+
+    def _queue_event(self, event: FrameEvent) -> None:
+        try:
+            self.events.put_nowait(event)
+        except queue.Full:  # nobody is listening: keep the newest
+            with contextlib.suppress(queue.Empty):
+                self.events.get_nowait()
+            with contextlib.suppress(queue.Full):
+                self.events.put_nowait(event)
+
+    def _next_block(self) -> np.ndarray | None:
+        """The next input block to process, after applying the lag policy; None when stopping."""
+        while not self._stop.is_set():
+            try:
+                block = self._mic.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            while self._mic.qsize() > self.max_backlog:
+                self._stats.dropped += 1
+                block = self._mic.get_nowait()
+            return block
+        return None
+
+    def _run(self) -> None:
+        settings_in, settings_out = self._stats.input, self._stats.output
+        assert settings_in is not None and settings_out is not None
+        frame_size = self.pipeline.frame_size
+        to_model = StreamResampler(settings_in.samplerate, self.pipeline.sample_rate)
+        to_speaker = StreamResampler(self.pipeline.sample_rate, settings_out.samplerate)
+        frames, blocks = Chunker(frame_size), Chunker(settings_out.blocksize)
+        try:
+            while (block := self._next_block()) is not None:
+                for frame in frames(to_model(downmix(block))):
+                    self._process(frame, to_speaker, blocks)
+        except BaseException as e:  # reported by stop(); the UI sees `running` turn False
+            self.error = e
+
+    def _process(self, frame: np.ndarray, to_speaker: StreamResampler, blocks: Chunker) -> None:
+        event, pcm = self.pipeline.step(frame)
+        self._stats.processed += 1
+        if pcm is not None:
+            for out in blocks(to_speaker(pcm)):
+                self._speaker.append(out)
+                self._speaking = True
+            while len(self._speaker) > self.max_output_backlog:
+                self._speaker.popleft()
+                self._stats.output_dropped += 1
+        if self.recorder is not None:
+            self.recorder.write(frame, pcm)
+        if self.transcript is not None:
+            self.transcript.write(event.text)
+        self.on_event(
+            dataclasses.replace(
+                event, backlog=self._mic.qsize(), dropped=self._stats.dropped, underruns=self._stats.underruns
+            )
+        )
+
+    # --- lifecycle ---
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Engine:
+        """Warm the model up, open the devices, start the inference thread."""
+        self.pipeline.warmup(self.warmup_frames)
+        sd = sounddevice()
+        in_settings = stream_settings(find_device(self.input_device, "input"), "input", self.samplerate)
+        out_settings = stream_settings(find_device(self.output_device, "output"), "output", self.samplerate)
+        self._stats.input, self._stats.output = in_settings, out_settings
+        try:
+            self._output_stream = sd.OutputStream(
+                device=out_settings.device, samplerate=out_settings.samplerate, channels=out_settings.channels,
+                blocksize=out_settings.blocksize, dtype="float32", callback=self._on_output,
+            )
+            self._input_stream = sd.InputStream(
+                device=in_settings.device, samplerate=in_settings.samplerate, channels=in_settings.channels,
+                blocksize=in_settings.blocksize, dtype="float32", callback=self._on_input,
+            )
+            self._thread = threading.Thread(target=self._run, name="moshi-inference", daemon=True)
+            self._thread.start()
+            self._output_stream.start()
+            self._input_stream.start()
+        except (sd.PortAudioError, ValueError) as e:
+            self._shutdown()
+            raise MoshiError(f"cannot open the audio devices: {e}") from None
+        return self
+
+    def _shutdown(self) -> None:
+        # The input first, so that no frame arrives once the inference thread has stopped.
+        try:
+            if self._input_stream is not None:
+                self._input_stream.close()
+        finally:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            if self._output_stream is not None:
+                self._output_stream.close()
+            self._input_stream = self._output_stream = None
+
+    def stop(self) -> EngineStats:
+        """Close the devices, stop the inference thread, close the recorder and transcript; returns the stats.
+
+        Re-raises an error of the inference thread after cleaning up. Safe to call more than once.
+        """
+        if not self._closed:
+            self._closed = True
+            try:
+                self._shutdown()
+            finally:
+                while not self._mic.empty():  # received but never processed
+                    self._mic.get_nowait()
+                    self._stats.dropped += 1
+                for sink in (self.recorder, self.transcript):
+                    if sink is not None:
+                        sink.close()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.stats()
+
+    def stats(self) -> EngineStats:
+        return dataclasses.replace(self._stats, input_times=list(self._in_times), output_times=list(self._out_times))
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,132 @@
+"""One 80 ms step of a conversation: the user's frame in, Moshi's text and voice out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from .codec import Codec, load_codec
+from .errors import MoshiError
+from .generate import LmGen
+from .text import text_piece
+from .weights import load_lm
+
+
+@dataclass(frozen=True)
+class FrameEvent:
+    """What happened in one frame, for a UI: Moshi's text, stage timings and the state of the audio queues.
+
+    `backlog`, `dropped` and `underruns` are filled in by the live engine (zero in file mode); `dropped` and
+    `underruns` count from the start of the conversation. Levels are RMS in [0, 1].
+    """
+
+    index: int  # model step, from 0
+    text_token: int
+    text: str | None  # display text of the token; None for padding
+    encode_ms: float
+    lm_ms: float
+    decode_ms: float  # 0 while Moshi has no audio yet (step 0)
+    input_level: float
+    output_level: float
+    backlog: int = 0  # input frames still waiting after this one
+    dropped: int = 0  # input frames dropped by the lag policy so far
+    underruns: int = 0  # output blocks played as silence because Moshi's audio was late, so far
+
+    @property
+    def total_ms(self) -> float:
+        return self.encode_ms + self.lm_ms + self.decode_ms
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float32)))) if x.size else 0.0
+
+
+def load_text_tokenizer(path: str | Path) -> Any:
+    """Kyutai's SentencePiece text tokenizer (`tokenizer_spm_32k_3.model`)."""
+    import sentencepiece
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MoshiError(f"text tokenizer not found: {path}")
+    try:
+        return sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise MoshiError(f"cannot load text tokenizer {path}: {str(e).splitlines()[0]}") from None
+
+
+class Pipeline:
+    """Mimi encode -> `LmGen.step` -> text piece -> Mimi decode, one frame per call, on the caller's thread."""
+
+    def __init__(self, gen: LmGen, codec: Codec, tokenizer: Any = None):
+        self.gen = gen
+        self.codec = codec
+        self.tokenizer = tokenizer
+        self.frame_size = codec.frame_size
+        self.sample_rate = codec.sample_rate
+
+    @classmethod
+    def load(
+        cls,
+        moshi_weights: str | Path,
+        mimi_weights: str | Path,
+        tokenizer: str | Path | None,
+        config: Any = None,
+        seed: int | None = None,
+        temp: float = 0.8,
+        temp_text: float = 0.7,
+        top_k: int = 250,
+        top_k_text: int = 25,
+        dtype: mx.Dtype = mx.bfloat16,
+    ) -> Pipeline:
+        """Load Moshi, Mimi and the text tokenizer (e.g. the paths of `moshi_mlx.hub.resolve_files`)."""
+        codec = load_codec(mimi_weights)
+        text_tokenizer = load_text_tokenizer(tokenizer) if tokenizer is not None else None
+        lm = load_lm(moshi_weights, config, dtype=dtype)
+        gen = LmGen(lm, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text, seed=seed)
+        return cls(gen, codec, text_tokenizer)
+
+    def text(self, token: int) -> str | None:
+        return text_piece(self.tokenizer, token) if self.tokenizer is not None else None
+
+    def step(self, frame: np.ndarray) -> tuple[FrameEvent, np.ndarray | None]:
+        """The user's frame (float32 `[1920]` at 24 kHz) -> the event and Moshi's frame (None at step 0)."""
+        t0 = time.perf_counter()
+        codes = self.codec.encode(frame)
+        t1 = time.perf_counter()
+        out = self.gen.step(codes)
+        t2 = time.perf_counter()
+        pcm = self.codec.decode(out.audio_codes) if out.audio_codes is not None else None
+        t3 = time.perf_counter()
+        event = FrameEvent(
+            index=self.gen.step_index - 1,
+            text_token=out.text_token,
+            text=self.text(out.text_token),
+            encode_ms=(t1 - t0) * 1000,
+            lm_ms=(t2 - t1) * 1000,
+            decode_ms=(t3 - t2) * 1000,
+            input_level=rms(frame),
+            output_level=rms(pcm) if pcm is not None else 0.0,
+        )
+        return event, pcm
+
+    def reset(self) -> None:
+        """A new conversation: fresh codec state and LM caches (and the seed, when one was given)."""
+        self.codec.reset()
+        self.gen.reset()
+
+    def warmup(self, frames: int = 2) -> None:
+        """Run a few frames of silence (first calls compile and allocate), then start afresh.
+
+        Two frames at least when any: Moshi's first audio (and so the first decode) comes at step 1.
+        """
+        if frames <= 0:
+            return
+        silence = np.zeros(self.frame_size, np.float32)
+        for _ in range(max(frames, 2)):
+            self.step(silence)
+        self.reset()

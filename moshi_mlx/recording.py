@@ -1,0 +1,67 @@
+"""Writing a conversation as it happens: the audio (user and Moshi) and Moshi's transcript."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from .codec import SAMPLE_RATE
+from .errors import MoshiError
+
+
+class WavRecorder:
+    """A 24 kHz 16-bit WAV written frame by frame: Moshi alone (mono) or the user left and Moshi right (stereo).
+
+    Moshi's frame written with the user's frame t is the one produced at step t, as the two would be heard.
+    `close()` finishes the file; what was written before stays readable if the program dies.
+    """
+
+    def __init__(self, path: str | Path, stereo: bool = True):
+        self.path = Path(path).expanduser()
+        self.stereo = stereo
+        try:
+            self._file = soundfile.SoundFile(
+                str(self.path), "w", samplerate=SAMPLE_RATE, channels=2 if stereo else 1, subtype="PCM_16"
+            )
+        except (soundfile.LibsndfileError, OSError, RuntimeError) as e:
+            raise MoshiError(f"cannot write {self.path}: {str(e).splitlines()[0]}") from None
+        self.frames = 0
+
+    def write(self, user: np.ndarray, moshi: np.ndarray | None) -> None:
+        """One frame each; `moshi` None (Moshi has not spoken yet) is written as silence."""
+        moshi = np.zeros_like(user) if moshi is None else moshi
+        data = np.stack([user, moshi], axis=1) if self.stereo else moshi
+        self._file.write(np.clip(data, -1.0, 1.0))
+        self.frames += 1
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class TranscriptWriter:
+    """Moshi's words, appended piece by piece to a text file and flushed as they come."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        try:
+            self._file = open(self.path, "w", encoding="utf-8")
+        except OSError as e:
+            raise MoshiError(f"cannot write {self.path}: {e.strerror}") from None
+        self.text = ""
+
+    def write(self, piece: str | None) -> None:
+        if not piece:
+            return
+        if not self.text:
+            piece = piece.lstrip()  # a first word's piece starts with the word separator
+        self.text += piece
+        self._file.write(piece)
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.write("\n")
+            self._file.close()
