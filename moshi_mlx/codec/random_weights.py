@@ -129,9 +129,10 @@ def _tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return normal(1.4 / np.sqrt(fan_in))
 
 
-def random_mimi_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic random Mimi tensors, name -> float32 array."""
-    return {name: _tensor(name, shape, seed) for name, shape in mimi_shapes().items()}
+def random_mimi_weights(seed: int = 0, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic random Mimi tensors (all, or those named), name -> float32 array."""
+    shapes = mimi_shapes()
+    return {name: _tensor(name, shapes[name], seed) for name in (names or shapes)}
 
 
 def write_random_mimi(path: str | Path, seed: int = 0) -> Path:
