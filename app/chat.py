@@ -1,0 +1,146 @@
+"""`moshi-mlx chat` (and plain `moshi-mlx`): a live conversation with Moshi on the microphone and speaker."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from moshi_mlx import hub
+from moshi_mlx.audio_io import find_device
+from moshi_mlx.engine import Engine, EngineStats
+from moshi_mlx.pipeline import Pipeline
+from moshi_mlx.recording import WavRecorder
+from moshi_mlx.weights import summarize_quantization
+
+from .memory import MEMORY_ENV, check_fits, choose_quant
+from .model_args import add_model_args, add_sampling_args, resolve_files
+from .ui import ChatView, PlainOutput, Transcript, clock
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="moshi-mlx chat",
+        description="Talk with Moshi: it listens and speaks at the same time. Its words show as it thinks them, "
+        "with the levels and how well this machine keeps up. Ctrl-C ends the conversation. "
+        f"The quantization is chosen from the machine's memory unless -q says ({MEMORY_ENV} overrides the "
+        "measured memory, in GiB).",
+    )
+    parser.add_argument("--input-device", default=None, help="microphone: number or part of the name "
+                        "(`moshi-mlx devices` lists them; default: the system's)")
+    parser.add_argument("--output-device", default=None, help="speaker: number or part of the name")
+    parser.add_argument("--transcript", default=None, metavar="FILE", help="write Moshi's words, timestamped")
+    parser.add_argument("--record", default=None, metavar="FILE",
+                        help="write the conversation as a stereo WAV (you left, Moshi right)")
+    parser.add_argument("--max-backlog", type=int, default=2, metavar="FRAMES",
+                        help="input frames allowed to wait before the oldest are skipped to keep up (default 2)")
+    parser.add_argument("--plain", action="store_true", help="plain lines instead of the live screen "
+                        "(the default when stdout is not a terminal)")
+    add_model_args(parser)
+    add_sampling_args(parser)
+    return parser.parse_args(argv)
+
+
+def choose_model(args: argparse.Namespace, say: Console) -> hub.ModelFiles:
+    """Settle the quantization (saying which and why), check it fits, then find the files."""
+    local = args.moshi_weights is not None
+    if args.quant is not None and not local:
+        check_fits(hub.normalize_quant(args.quant))  # before downloading anything
+    elif args.quant is None and not local:
+        quant, why = choose_quant()
+        args.quant = quant.removeprefix("q")
+        say.print(f"Using {why}")
+    return resolve_files(args)
+
+
+def model_label(args: argparse.Namespace, files: hub.ModelFiles, pipeline: Pipeline) -> str:
+    quant = summarize_quantization(pipeline.gen.lm.quantization)
+    if args.moshi_weights is not None:
+        return f"{Path(args.moshi_weights).name} {quant}"
+    name = args.voice if args.hf_repo is None else files.repo
+    return f"{name} {quant}"
+
+
+def converse(engine: Engine, view: ChatView, plain: bool, console: Console) -> None:
+    """Run until Ctrl-C (or the engine stops on an error), drawing the screen or printing lines."""
+    if plain:
+        output = PlainOutput(view, sys.stdout)
+        try:
+            while engine.running:
+                output.update()
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass
+        output.update()
+        return
+    with Live(console=console, get_renderable=lambda: view.render(console), refresh_per_second=8,
+              redirect_stderr=False):
+        try:
+            while engine.running:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass
+
+
+def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> list[str]:
+    lines = [
+        f"Stopped after {clock(view.elapsed)}: {stats.processed} frames, {stats.dropped} skipped to keep up, "
+        f"{stats.underruns} underruns."
+    ]
+    if args.transcript:
+        lines.append(f"Transcript: {args.transcript} ({len(view.transcript.lines)} lines)")
+    if args.record:
+        lines.append(f"Recording: {args.record} ({stats.processed * 0.08:.1f} s as Moshi heard it, skips left out; "
+                     "stereo: you left, Moshi right)")
+    return lines
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the conversation as cleanly as Ctrl-C
+    plain = args.plain or not sys.stdout.isatty()
+    console = Console()
+    say = Console(stderr=True, highlight=False)
+
+    # The quick checks first: devices, memory, files; then the slow loading.
+    input_device = find_device(args.input_device, "input")
+    output_device = find_device(args.output_device, "output")
+    files = choose_model(args, say)
+    transcript = Transcript(args.transcript)
+    recorder = WavRecorder(args.record, stereo=True) if args.record else None
+    try:
+        with nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"):
+            pipeline = Pipeline.load(
+                files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
+                seed=args.seed, temp=args.temp, temp_text=args.temp_text,
+            )
+        view = ChatView(model_label(args, files, pipeline), transcript)
+        engine = Engine(pipeline, input_device, output_device, max_backlog=args.max_backlog,
+                        on_event=view.on_event, recorder=recorder)
+        try:
+            with nullcontext() if plain else say.status("Warming up...", spinner="dots"):
+                engine.start()
+            view.start()
+            say.print(f"Talking to Moshi ({view.model}). Ctrl-C to stop.")
+            converse(engine, view, plain, console)
+        finally:
+            stats = engine.stop()  # closes the streams and the recording, even on Ctrl-C or an error
+        last = transcript.finish()
+        if plain and last is not None:
+            print(last.format(), flush=True)
+    finally:
+        transcript.close()
+        if recorder is not None:
+            recorder.close()
+    for line in summary(stats, view, args):
+        say.print(line)

@@ -1,0 +1,285 @@
+"""What a person sees while talking: Moshi's words as they are sampled, the levels, how well the machine keeps up.
+
+`ChatView` is fed the engine's `FrameEvent`s on the inference thread; `render()` draws it with rich for a live
+terminal (called from rich's refresh thread), `PlainOutput` prints plain lines instead when stdout is not one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console, Group
+from rich.text import Text
+
+from moshi_mlx.errors import MoshiError
+from moshi_mlx.pipeline import FrameEvent
+
+FRAME_S = 0.08
+SENTENCE_END = (".", "!", "?")
+TIMING_WINDOW = 12  # frames averaged for the stage timings: about one second
+LAG_EPISODE_S = 2.0  # skips closer together than this are one lag episode, shown as one marker
+
+
+def clock(seconds: float) -> str:
+    """00:42, or 1:02:03 past an hour."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def decibels(level: float, floor: float = -60.0) -> float:
+    """An RMS level in [0, 1] as dBFS, never below `floor`."""
+    return max(floor, 20 * math.log10(level)) if level > 0 else floor
+
+
+@dataclass
+class Line:
+    start: float  # seconds into the conversation (the position in the recording)
+    text: str
+
+    def format(self) -> str:
+        minutes, secs = divmod(self.start, 60)
+        return f"[{int(minutes):02d}:{secs:04.1f}] {self.text}"
+
+
+class Transcript:
+    """Moshi's words grouped into timestamped lines, written to `path` (when given) as each line ends.
+
+    A line ends with a sentence, after `pause_s` without words, at the next word once it is `max_chars` long, or
+    anywhere at twice that (a model may babble without spaces).
+    """
+
+    def __init__(self, path: str | Path | None = None, pause_s: float = 1.0, max_chars: int = 100):
+        self.pause_s, self.max_chars = pause_s, max_chars
+        self.current: Line | None = None
+        self.lines: list[Line] = []
+        self._last_word = 0.0
+        self._file: IO[str] | None = None
+        if path is not None:
+            try:
+                self._file = open(Path(path).expanduser(), "w", encoding="utf-8")
+            except OSError as e:
+                raise MoshiError(f"cannot write transcript {path}: {e.strerror}") from None
+
+    def add(self, seconds: float, piece: str | None) -> Line | None:
+        """Moshi's piece at this time (None for padding); returns the line this ended, if any."""
+        done = None
+        if not piece:
+            if self.current is not None and seconds - self._last_word >= self.pause_s:
+                done = self.finish()
+            return done
+        if self.current is not None:
+            length = len(self.current.text)
+            if length >= 2 * self.max_chars or (piece.startswith(" ") and length >= self.max_chars):
+                done = self.finish()
+        if self.current is None:
+            piece = piece.lstrip()
+            if not piece:
+                return done
+            self.current = Line(seconds, "")
+        self.current.text += piece
+        self._last_word = seconds
+        if self.current.text.endswith(SENTENCE_END):
+            done = self.finish()
+        return done
+
+    def finish(self) -> Line | None:
+        """End the line in progress (if any) and write it."""
+        line, self.current = self.current, None
+        if line is None:
+            return None
+        self.lines.append(line)
+        if self._file is not None:
+            self._file.write(line.format() + "\n")
+            self._file.flush()
+        return line
+
+    def close(self) -> None:
+        self.finish()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ChatView:
+    """The state of a conversation for display, updated once per frame by `on_event`."""
+
+    def __init__(self, model: str, transcript: Transcript, max_segments: int = 400):
+        self.model = model
+        self.transcript = transcript
+        self.started = time.monotonic()
+        self.frames = 0
+        self.last: FrameEvent | None = None
+        self._timings: deque[tuple[float, float, float]] = deque(maxlen=TIMING_WINDOW)
+        # What the live screen shows, oldest first: [kind, value], kind "time", "word", "lag" (seconds), "break".
+        self.segments: deque[list[Any]] = deque(maxlen=max_segments)
+        self.finished: deque[Line] = deque()  # lines ended since PlainOutput last looked
+        self.skipped_s = 0.0  # input skipped to catch up, not yet reported by PlainOutput
+        self._lag_marker: list[Any] | None = None
+        self._lag_time = 0.0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """The conversation starts now (the devices are open)."""
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def on_event(self, event: FrameEvent) -> None:
+        with self._lock:
+            previous, self.last = self.last, event
+            self.frames += 1
+            self._timings.append((event.encode_ms, event.lm_ms, event.decode_ms))
+            newly_dropped = event.dropped - (previous.dropped if previous else 0)
+            if newly_dropped > 0:
+                self._lag(newly_dropped * FRAME_S)
+            self._words(event.index * FRAME_S, event.text)
+
+    def _words(self, seconds: float, piece: str | None) -> None:
+        before = self.transcript.current
+        done = self.transcript.add(seconds, piece)
+        after = self.transcript.current
+        if done is not None:
+            self.finished.append(done)
+        # The line this piece started, if it started one (`is`: two lines may hold equal text).
+        new_line = next((line for line in (after, done) if line is not None and line is not before), None)
+        if new_line is not None:
+            if before is not None and done is before:  # the long line ended where this word starts
+                self.segments.append(["break", ""])
+            self.segments.append(["time", clock(new_line.start)])
+            self.segments.append(["word", (piece or "").lstrip()])
+        elif piece and before is not None:
+            self.segments.append(["word", piece])
+        if done is not None and after is None:
+            self.segments.append(["break", ""])
+
+    def _lag(self, seconds: float) -> None:
+        """Input skipped to catch up, shown inline: one marker per lag episode, kept at the end while it lasts."""
+        self.skipped_s += seconds
+        now = time.monotonic()
+        marker = self._lag_marker
+        if marker is not None and now - self._lag_time < LAG_EPISODE_S:
+            marker[1] += seconds
+            if self.segments and self.segments[-1] is not marker:
+                with contextlib.suppress(ValueError):  # already scrolled out
+                    self.segments.remove(marker)
+                self.segments.append(marker)
+        else:
+            self._lag_marker = ["lag", seconds]
+            self.segments.append(self._lag_marker)
+        self._lag_time = now
+
+    def timings(self) -> tuple[float, float, float]:
+        """Mean encode, LM and decode ms over the last second."""
+        with self._lock:
+            rows = list(self._timings)
+        if not rows:
+            return 0.0, 0.0, 0.0
+        encode, lm, decode = (sum(col) / len(rows) for col in zip(*rows, strict=True))
+        return encode, lm, decode
+
+    def status_fields(self) -> list[tuple[str, str]]:
+        """(text, style) pieces of the status line."""
+        encode, lm, decode = self.timings()
+        frame = encode + lm + decode
+        rtf = frame / (FRAME_S * 1000)
+        last = self.last
+        backlog, dropped, underruns = (last.backlog, last.dropped, last.underruns) if last else (0, 0, 0)
+        rtf_style = "green" if rtf <= 0.8 else "yellow" if rtf <= 1.0 else "bold red"
+        return [
+            (self.model, "bold"),
+            (f"encode {encode:.0f} · lm {lm:.0f} · decode {decode:.0f} ms", ""),
+            (f"RTF {rtf:.2f}", rtf_style),
+            (f"backlog {backlog}", "yellow" if backlog else ""),
+            (f"drops {dropped}", "yellow" if dropped else ""),
+            (f"underruns {underruns}", "yellow" if underruns else ""),
+            (clock(self.elapsed), "bold"),
+        ]
+
+    def status_line(self) -> str:
+        return " | ".join(text for text, _ in self.status_fields())
+
+    def render(self, console: Console) -> Any:
+        """The live screen: Moshi's words (the latest that fit), the levels, the status line."""
+        with self._lock:
+            segments = [list(s) for s in self.segments]
+            last = self.last
+        words = Text()
+        for kind, value in segments:
+            if kind == "time":
+                words.append(f"{value} ", style="dim")
+            elif kind == "lag":
+                words.append(f" lag: skipped {value:.2f} s ", style="black on yellow")
+            elif kind == "break":
+                words.append("\n")
+            else:
+                words.append(value)
+        if not segments:
+            words.append("(Moshi is listening; its words appear here)", style="dim")
+        status = Text(" | ", style="dim").join(Text(text, style=style) for text, style in self.status_fields())
+        levels = Text()
+        levels.append("you ", style="bold")
+        levels.append_text(meter(last.input_level if last else 0.0))
+        levels.append("   moshi ", style="bold")
+        levels.append_text(meter(last.output_level if last else 0.0))
+        levels.append("   Ctrl-C to stop", style="dim")
+        width, height = console.size
+        below = len(status.wrap(console, width)) + len(levels.wrap(console, width)) + 1
+        lines = list(words.wrap(console, width))[-max(3, height - below) :]
+        return Group(Text("\n").join(lines), Text(""), levels, status)
+
+
+def meter(level: float, width: int = 20, floor: float = -60.0) -> Text:
+    """A level bar from `floor` to 0 dBFS, with its value."""
+    db = decibels(level, floor)
+    filled = round(width * (db - floor) / -floor)
+    bar = Text("█" * filled, style="green" if db < -6 else "red")
+    bar.append("·" * (width - filled), style="dim")
+    bar.append(f" {db:4.0f} dB")
+    return bar
+
+
+class PlainOutput:
+    """Plain lines for a pipe or a file: Moshi's lines as they end, lag as it happens, a status line now and then."""
+
+    def __init__(self, view: ChatView, stream: IO[str], status_every_s: float = 10.0, lag_every_s: float = 5.0):
+        self.view, self.stream = view, stream
+        self.status_every_s, self.lag_every_s = status_every_s, lag_every_s
+        self._next_status = status_every_s
+        self._next_lag = 0.0
+        self._skipped = 0.0
+
+    def update(self) -> None:
+        """Print what happened since the last call (call it from the main thread, a few times a second)."""
+        view = self.view
+        with view._lock:
+            lines = list(view.finished)
+            view.finished.clear()
+            skipped, view.skipped_s = view.skipped_s, 0.0
+        for line in lines:
+            self._print(line.format())
+        self._skipped += skipped
+        if self._skipped and view.elapsed >= self._next_lag:
+            self._next_lag = view.elapsed + self.lag_every_s
+            encode, lm, decode = view.timings()
+            self._print(
+                f"[{clock(view.elapsed)}] lag: skipped {self._skipped:.2f} s of your audio to keep up "
+                f"(frame {encode + lm + decode:.0f} ms > 80 ms)"
+            )
+            self._skipped = 0.0
+        if view.elapsed >= self._next_status:
+            self._next_status = view.elapsed + self.status_every_s
+            self._print(f"[{clock(view.elapsed)}] status: {view.status_line()}")
+
+    def _print(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
