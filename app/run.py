@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from moshi_mlx.audio_io import read_mono_24k
+from moshi_mlx.errors import MoshiError
 from moshi_mlx.filemode import run_file
 from moshi_mlx.pipeline import FrameEvent
 
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     add_sampling_args(parser)
     args = parser.parse_args(argv)
 
+    audio = read_mono_24k(args.input)  # bad input and output paths fail before the model loads
+    for path in (args.out, args.transcript):
+        if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
+            raise MoshiError(f"cannot write {path}: its folder does not exist")
     pipeline = load_pipeline(args)
 
     def show(event: FrameEvent) -> None:
@@ -36,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.flush()
 
     start = time.perf_counter()
-    result = run_file(pipeline, args.input, args.out, args.transcript, stereo=args.stereo, on_event=show)
+    result = run_file(pipeline, audio, args.out, args.transcript, stereo=args.stereo, on_event=show)
     elapsed = time.perf_counter() - start
     if not args.quiet and result.text:
         sys.stdout.write("\n")

@@ -64,15 +64,16 @@ def run_frames(
 
 def run_file(
     pipeline: Pipeline,
-    in_path: str | Path,
+    source: str | Path | np.ndarray,
     out_path: str | Path,
     transcript_path: str | Path | None = None,
     stereo: bool = False,
     on_event: Callable[[FrameEvent], None] | None = None,
 ) -> FileResult:
-    """Any audio file in (any rate, any channels); Moshi's voice out as a 24 kHz WAV (stereo: user left, Moshi
-    right) and its transcript as text. Both files are written as frames go and closed even on error."""
-    audio = read_mono_24k(in_path)
+    """Any audio file (any rate, any channels; or mono 24 kHz float32 samples) in; Moshi's voice out as a 24 kHz
+    WAV (stereo: user left, Moshi right) and its transcript as text, written as frames go and closed even on error.
+    """
+    audio = source if isinstance(source, np.ndarray) else read_mono_24k(source)
     recorder = WavRecorder(out_path, stereo=stereo)
     transcript = TranscriptWriter(transcript_path) if transcript_path is not None else None
     try:

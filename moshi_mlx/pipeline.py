@@ -63,6 +63,13 @@ class Pipeline:
     """Mimi encode -> `LmGen.step` -> text piece -> Mimi decode, one frame per call, on the caller's thread."""
 
     def __init__(self, gen: LmGen, codec: Codec, tokenizer: Any = None):
+        cfg = gen.cfg
+        if gen.num_user != codec.num_codebooks or cfg.card < codec.cardinality:
+            # Out-of-range codes would index past Moshi's embedding tables.
+            raise MoshiError(
+                f"Moshi's config takes {gen.num_user} user streams of {cfg.card} codes but the codec makes "
+                f"{codec.num_codebooks} of {codec.cardinality}: check --config"
+            )
         self.gen = gen
         self.codec = codec
         self.tokenizer = tokenizer
@@ -108,7 +115,7 @@ class Pipeline:
             text=self.text(out.text_token),
             encode_ms=(t1 - t0) * 1000,
             lm_ms=(t2 - t1) * 1000,
-            decode_ms=(t3 - t2) * 1000,
+            decode_ms=(t3 - t2) * 1000 if pcm is not None else 0.0,
             input_level=rms(frame),
             output_level=rms(pcm) if pcm is not None else 0.0,
         )

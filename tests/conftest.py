@@ -56,10 +56,11 @@ def mimi_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, mimi_weights: Path) -> TinyModel:
-    from moshi_mlx.testing import write_random_lm
+    from moshi_mlx.testing import tiny_config, write_random_lm
 
     directory = tmp_path_factory.mktemp("tiny_model")
-    weights, config = write_random_lm(directory, seed=0)
+    # Mimi's codes go up to 2047: the LM's audio tables must be that large.
+    weights, config = write_random_lm(directory, tiny_config(card=2048), seed=0)
     tokenizer = write_tiny_tokenizer(directory / "tokenizer.model")
     return TinyModel(weights, config, mimi_weights, tokenizer)
 

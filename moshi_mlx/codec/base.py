@@ -18,6 +18,7 @@ class Codec(Protocol):
     sample_rate: int
     frame_size: int
     num_codebooks: int
+    cardinality: int  # codes lie in [0, cardinality)
 
     def encode(self, frame: np.ndarray) -> np.ndarray:
         """One frame of float32 samples `[frame_size]` -> int64 codes `[num_codebooks]`."""

@@ -8,7 +8,7 @@ import numpy as np
 import rustymimi
 
 from ..errors import MoshiError
-from .base import FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE, check_codes, check_frame
+from .base import CARDINALITY, FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE, check_codes, check_frame
 
 
 class RustyMimi:
@@ -21,6 +21,7 @@ class RustyMimi:
 
     sample_rate = SAMPLE_RATE
     frame_size = FRAME_SIZE
+    cardinality = CARDINALITY
 
     def __init__(self, path: str | Path, num_codebooks: int = NUM_CODEBOOKS):
         self.path = Path(path).expanduser()
@@ -44,7 +45,7 @@ class RustyMimi:
         return codes.reshape(-1).astype(np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        values = check_codes(codes, self.num_codebooks)
+        values = check_codes(codes, self.num_codebooks, self.cardinality)
         pcm = self._tokenizer.decode_step(values.reshape(1, -1, 1))
         if pcm.shape != (1, 1, self.frame_size):
             raise RuntimeError(f"rustymimi returned audio of shape {pcm.shape}")
