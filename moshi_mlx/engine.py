@@ -38,6 +38,8 @@ class EngineStats:
     dropped: int = 0  # input frames dropped by the lag policy (and those left unprocessed at stop)
     underruns: int = 0  # output blocks played as silence after Moshi started speaking
     output_dropped: int = 0  # Moshi blocks discarded because the speaker queue was over its bound
+    played: int = 0  # Moshi blocks handed to the speaker
+    unplayed: int = 0  # Moshi blocks still queued for the speaker when it closed
     input_overflows: int = 0  # PortAudio status flags reported to the callbacks
     output_underflows: int = 0
     callback_max_ms: float = 0.0  # longest time spent inside one of our callbacks
@@ -89,6 +91,7 @@ class Engine:
         self._out_times: deque[float] = deque(maxlen=TIMES_KEPT)
         self._first_input: float | None = None
         self._speaking = False  # Moshi's first block has been queued
+        self._backlog = 0  # input frames waiting when the current one was taken
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._input_stream: Any = None
@@ -120,6 +123,7 @@ class Engine:
             if self._speaking:
                 self._stats.underruns += 1
         else:
+            self._stats.played += 1
             if self._stats.first_output_frames is None and self._first_input is not None:
                 self._stats.first_output_frames = (start - self._first_input) * 1000 / FRAME_MS
             n = min(frames, len(block))
@@ -148,6 +152,7 @@ class Engine:
             while self._mic.qsize() > self.max_backlog:
                 self._stats.dropped += 1
                 block = self._mic.get_nowait()
+            self._backlog = self._mic.qsize()
             return block
         return None
 
@@ -181,7 +186,7 @@ class Engine:
             self.transcript.write(event.text)
         self.on_event(
             dataclasses.replace(
-                event, backlog=self._mic.qsize(), dropped=self._stats.dropped, underruns=self._stats.underruns
+                event, backlog=self._backlog, dropped=self._stats.dropped, underruns=self._stats.underruns
             )
         )
 
@@ -192,12 +197,12 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> Engine:
-        """Warm the model up, open the devices, start the inference thread."""
-        self.pipeline.warmup(self.warmup_frames)
+        """Check the devices, warm the model up, open the devices, start the inference thread."""
         sd = sounddevice()
         in_settings = stream_settings(find_device(self.input_device, "input"), "input", self.samplerate)
         out_settings = stream_settings(find_device(self.output_device, "output"), "output", self.samplerate)
         self._stats.input, self._stats.output = in_settings, out_settings
+        self.pipeline.warmup(self.warmup_frames)
         try:
             self._output_stream = sd.OutputStream(
                 device=out_settings.device, samplerate=out_settings.samplerate, channels=out_settings.channels,
@@ -226,6 +231,7 @@ class Engine:
             if self._thread is not None:
                 self._thread.join()
             if self._output_stream is not None:
+                self._output_stream.stop()  # plays what PortAudio already holds (two blocks at most)
                 self._output_stream.close()
             self._input_stream = self._output_stream = None
 
@@ -239,6 +245,7 @@ class Engine:
             try:
                 self._shutdown()
             finally:
+                self._stats.unplayed = len(self._speaker)
                 while not self._mic.empty():  # received but never processed
                     self._mic.get_nowait()
                     self._stats.dropped += 1

@@ -1,0 +1,147 @@
+"""The live engine on a real PulseAudio server with a virtual microphone and speaker.
+
+Mimi alone takes longer than 80 ms per frame on the 2-core test machine, so the lag policy has to act here:
+the tests check that it does what it says rather than assume a fast machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import soundfile
+from audio_server import speech_wav
+
+from moshi_mlx import MoshiError
+from moshi_mlx.config import LmConfig
+from moshi_mlx.engine import Engine
+from moshi_mlx.pipeline import Pipeline
+from moshi_mlx.recording import TranscriptWriter, WavRecorder
+
+pytestmark = pytest.mark.audio
+FRAME = 1920
+
+
+def load_pipeline(tiny_model) -> Pipeline:
+    return Pipeline.load(tiny_model.moshi_weights, tiny_model.mimi_weights, tiny_model.tokenizer,
+                         LmConfig.from_json(tiny_model.config), seed=0)
+
+
+def best_match(template: np.ndarray, signal: np.ndarray) -> float:
+    """Highest normalised correlation of `template` against any position of `signal` (FFT-based)."""
+    n = len(signal) + len(template)
+    size = 1 << (n - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(signal, size) * np.conj(np.fft.rfft(template, size)), size)[: len(signal)]
+    window = np.convolve(signal.astype(np.float64) ** 2, np.ones(len(template)), "full")[len(template) - 1 :]
+    norm = np.sqrt(np.maximum(window[: len(corr)], 1e-12) * np.sum(template.astype(np.float64) ** 2))
+    return float(np.max(corr / norm))
+
+
+def loudest_frame(x: np.ndarray) -> np.ndarray:
+    """The loudest whole 80 ms frame of `x`."""
+    frames = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME)
+    return frames[np.argmax(np.sqrt(np.mean(frames**2, axis=1)))]
+
+
+def test_live_conversation(virtual_audio, tiny_model, tmp_path):
+    speech = speech_wav(tmp_path / "speech.wav", "Hello Moshi. Can you hear me? Tell me about the weather today.")
+    pipeline = load_pipeline(tiny_model)
+    events = []
+    recorder = WavRecorder(tmp_path / "conversation.wav", stereo=True)
+    transcript = TranscriptWriter(tmp_path / "transcript.txt")
+    engine = Engine(pipeline, on_event=events.append, recorder=recorder, transcript=transcript, max_backlog=2)
+    with virtual_audio.record(tmp_path / "speaker.wav") as speaker:
+        with engine:
+            time.sleep(0.3)
+            virtual_audio.play(speech).wait()
+            time.sleep(0.3)
+        time.sleep(0.3)  # the server's own latency before the last block reaches the recorder
+    stats = engine.stats()
+
+    # Callbacks every 80 ms, in and out (the output stream starts with a few back-to-back prefill calls).
+    intervals_in = stats.intervals_ms(stats.input_times)
+    intervals_out = stats.intervals_ms(stats.output_times)[4:]
+    assert len(intervals_in) > 40
+    assert abs(intervals_in.mean() - 80) < 3 and np.percentile(intervals_in, 95) < 100, intervals_in
+    assert abs(intervals_out.mean() - 80) < 3 and np.percentile(intervals_out, 95) < 100, intervals_out
+    # Our callbacks never made PortAudio miss a block, and they are quick.
+    assert stats.input_overflows == 0 and stats.output_underflows == 0
+    assert stats.callback_max_ms < 10
+
+    # Every frame received was processed or counted as dropped; one event per processed frame, in order.
+    assert stats.received == stats.processed + stats.dropped
+    assert [e.index for e in events] == list(range(stats.processed))
+    assert all(e.backlog <= 2 for e in events)
+    assert [e.dropped for e in events] == sorted(e.dropped for e in events)
+    per_frame = np.mean([e.total_ms for e in events])
+    if per_frame > 90:  # slower than real time: the lag policy must have acted on both sides
+        assert stats.dropped > 0 and stats.underruns > 0
+
+    # Moshi speaks from its second step on: the first block reaches the speaker after the first two frames are
+    # processed, plus at most one block of waiting on each side.
+    first_two = events[0].total_ms + events[1].total_ms
+    assert events[0].decode_ms == 0 and events[1].output_level > 0
+    assert stats.first_output_frames is not None
+    assert stats.first_output_frames <= 2 + math.ceil(first_two / 80) + 1, (stats.first_output_frames, first_two)
+
+    # Text events arrive, and the transcript hook got exactly their text.
+    assert all(isinstance(e.text_token, int) for e in events)
+    pieces = [e.text for e in events if e.text]
+    assert pieces
+    assert (tmp_path / "transcript.txt").read_text() == "".join(pieces).lstrip() + "\n"
+
+    # Sample-exact paths: the spoken WAV reached the model, Moshi's voice reached the speaker.
+    conversation, rate = soundfile.read(str(tmp_path / "conversation.wav"), dtype="float32")
+    assert rate == 24000 and conversation.shape == (stats.processed * FRAME, 2)
+    spoken, _ = soundfile.read(str(speech), dtype="float32")
+    heard = loudest_frame(conversation[:, 0])
+    assert np.sqrt(np.mean(heard**2)) > 0.05 and best_match(heard, spoken) > 0.99
+    played, _ = soundfile.read(str(speaker), dtype="float32")
+    assert stats.played + stats.unplayed + stats.output_dropped == stats.processed - 1
+    # Every block handed to the speaker is heard intact, but the last: closing the stream may cut it short.
+    said = conversation[:, 1].reshape(-1, FRAME)[1 : stats.played]
+    assert len(said) > 5 and np.sqrt(np.mean(said**2)) > 0.05
+    assert [round(best_match(frame, played), 2) for frame in said] == [1.0] * len(said)
+
+
+def test_device_at_its_own_rate_is_resampled(virtual_audio, tiny_model, tmp_path):
+    pipeline = load_pipeline(tiny_model)
+    with virtual_audio.record(tmp_path / "speaker.wav") as speaker:
+        with Engine(pipeline, input_device="pulse", output_device="pulse", samplerate=44100) as engine:
+            time.sleep(2.0)
+    stats = engine.stats()
+    assert stats.input.samplerate == stats.output.samplerate == 44100 and stats.input.blocksize == 3528
+    intervals = stats.intervals_ms(stats.input_times)
+    assert abs(intervals.mean() - 80) < 3
+    # The resampler holds back a few milliseconds, so at most one frame's worth is still inside it.
+    assert 0 <= stats.received - (stats.processed + stats.dropped) <= 1
+    assert stats.first_output_frames is not None
+    played, rate = soundfile.read(str(speaker), dtype="float32")
+    assert rate == 24000 and np.sqrt(np.mean(played**2)) > 0.01  # Moshi's voice came out, resampled twice
+
+
+def test_inference_error_stops_and_is_raised_by_stop(virtual_audio, tiny_model, tmp_path):
+    def failing_ui(event):
+        if event.index == 2:
+            raise RuntimeError("UI went away")
+
+    transcript = TranscriptWriter(tmp_path / "t.txt")
+    engine = Engine(load_pipeline(tiny_model), on_event=failing_ui, transcript=transcript)
+    engine.start()
+    deadline = time.monotonic() + 10
+    while engine.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.running
+    with pytest.raises(RuntimeError, match="UI went away"):
+        engine.stop()
+    assert (tmp_path / "t.txt").read_text().endswith("\n")  # closed by stop()
+    engine.stop()  # a second stop is harmless
+
+
+def test_unknown_device_fails_before_anything_opens(virtual_audio, tiny_model):
+    engine = Engine(load_pipeline(tiny_model), input_device="no such microphone")
+    with pytest.raises(MoshiError, match="no audio input device matches 'no such microphone'"):
+        engine.start()
+    assert not engine.running
