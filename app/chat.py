@@ -67,25 +67,24 @@ def model_label(args: argparse.Namespace, files: hub.ModelFiles, pipeline: Pipel
     return f"{name} {quant}"
 
 
-def converse(engine: Engine, view: ChatView, plain: bool, console: Console) -> None:
-    """Run until Ctrl-C (or the engine stops on an error), drawing the screen or printing lines."""
-    if plain:
-        output = PlainOutput(view, sys.stdout)
-        try:
-            while engine.running:
+def converse(engine: Engine, view: ChatView, output: PlainOutput | None, console: Console) -> None:
+    """Until Ctrl-C (or the engine stops on an error): the live screen, or plain lines when `output` is given."""
+
+    def wait() -> None:
+        while engine.running:
+            if output is not None:
                 output.update()
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            pass
-        output.update()
-        return
-    with Live(console=console, get_renderable=lambda: view.render(console), refresh_per_second=8,
-              redirect_stderr=False):
-        try:
-            while engine.running:
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            pass
+            time.sleep(0.1)
+
+    try:
+        if output is not None:
+            wait()
+        else:
+            with Live(console=console, get_renderable=lambda: view.render(console), refresh_per_second=8,
+                      redirect_stderr=False):
+                wait()
+    except KeyboardInterrupt:
+        pass
 
 
 def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> list[str]:
@@ -125,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed=args.seed, temp=args.temp, temp_text=args.temp_text,
             )
         view = ChatView(model_label(args, files, pipeline), transcript)
+        output = None
         engine = Engine(pipeline, input_device, output_device, max_backlog=args.max_backlog,
                         on_event=view.on_event, recorder=recorder)
         try:
@@ -132,12 +132,12 @@ def main(argv: list[str] | None = None) -> None:
                 engine.start()
             view.start()
             say.print(f"Talking to Moshi ({view.model}). Ctrl-C to stop.")
-            converse(engine, view, plain, console)
+            output = PlainOutput(view, sys.stdout) if plain else None
+            converse(engine, view, output, console)
         finally:
             stats = engine.stop()  # closes the streams and the recording, even on Ctrl-C or an error
-        last = transcript.finish()
-        if plain and last is not None:
-            print(last.format(), flush=True)
+        if output is not None:
+            output.finish()
     finally:
         transcript.close()
         if recorder is not None:

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"moshi-mlx {__version__}")
         return
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {argv[0]!r}: use one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        sys.exit(2)
     if argv and argv[0] in SUBCOMMANDS:
         name, argv = argv[0], argv[1:]
     else:
@@ -40,7 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     from moshi_mlx.errors import MoshiError
 
     try:
-        module = importlib.import_module(f"moshi_mlx.app.{name}")
+        try:
+            module = importlib.import_module(f"moshi_mlx.app.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"moshi_mlx.app.{name}":
+                raise
+            raise MoshiError(f"`moshi-mlx {name}` is not part of this version") from None
         module.main(argv)
     except MoshiError as e:
         print(f"error: {e}", file=sys.stderr)

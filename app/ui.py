@@ -225,20 +225,35 @@ class ChatView:
                 words.append(value)
         if not segments:
             words.append("(Moshi is listening; its words appear here)", style="dim")
-        status = Text(" | ", style="dim").join(Text(text, style=style) for text, style in self.status_fields())
+        width, height = console.size
+        status = pack(self.status_fields(), width)
         levels = Text()
         levels.append("you ", style="bold")
         levels.append_text(meter(last.input_level if last else 0.0))
         levels.append("   moshi ", style="bold")
         levels.append_text(meter(last.output_level if last else 0.0))
         levels.append("   Ctrl-C to stop", style="dim")
-        width, height = console.size
         below = len(status.wrap(console, width)) + len(levels.wrap(console, width)) + 1
         lines = list(words.wrap(console, width))[-max(3, height - below) :]
         return Group(Text("\n").join(lines), Text(""), levels, status)
 
 
-def meter(level: float, width: int = 20, floor: float = -60.0) -> Text:
+def pack(fields: list[tuple[str, str]], width: int) -> Text:
+    """Fields joined by " | ", wrapped between fields (never inside one) to lines of at most `width`."""
+    text, used = Text(), 0
+    for field, style in fields:
+        if used and used + 3 + len(field) + 2 > width:  # + 2: room for the " |" that may end this line
+            text.append(" |\n", style="dim")
+            used = 0
+        elif used:
+            text.append(" | ", style="dim")
+            used += 3
+        text.append(field, style=style)
+        used += len(field)
+    return text
+
+
+def meter(level: float, width: int = 16, floor: float = -60.0) -> Text:
     """A level bar from `floor` to 0 dBFS, with its value."""
     db = decibels(level, floor)
     filled = round(width * (db - floor) / -floor)
@@ -279,6 +294,15 @@ class PlainOutput:
         if view.elapsed >= self._next_status:
             self._next_status = view.elapsed + self.status_every_s
             self._print(f"[{clock(view.elapsed)}] status: {view.status_line()}")
+
+    def finish(self) -> None:
+        """After the conversation: the line in progress, what is left to report, a last status line."""
+        with self.view._lock:
+            line = self.view.transcript.finish()
+            if line is not None:
+                self.view.finished.append(line)
+        self._next_status = self._next_lag = 0.0
+        self.update()
 
     def _print(self, text: str) -> None:
         self.stream.write(text + "\n")

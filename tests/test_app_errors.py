@@ -1,0 +1,152 @@
+"""Every user error of the app is one line on stderr and exit status 1, never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MEMORY = "MOSHI_MLX_TOTAL_MEMORY_GB"
+
+
+def moshi(*args, env=None, timeout=180):
+    full_env = {**os.environ, MEMORY: "64", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "moshi_mlx", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    err = result.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("error: "), err
+    return err
+
+
+def test_version_and_help():
+    result = moshi("--version")
+    assert result.returncode == 0 and result.stdout.startswith("moshi-mlx 0.")
+    result = moshi("--help")
+    assert result.returncode == 0 and all(name in result.stdout for name in ("chat", "run", "devices", "download"))
+
+
+def test_unknown_subcommand():
+    result = moshi("tlak")
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert err.startswith("error: unknown subcommand 'tlak': use one of chat, run, devices, download") and "\n" not in err
+
+
+@pytest.fixture
+def tiny_args(tiny_model):
+    return tiny_model.cli_args()
+
+
+@pytest.mark.audio
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--input-device", "no such microphone", "error: no audio input device matches 'no such microphone' "
+         "(`moshi-mlx devices` lists them)"),
+        ("--output-device", "99", "error: no audio output device number 99 (`moshi-mlx devices` lists them)"),
+    ],
+)
+def test_unknown_device(virtual_audio, tiny_args, option, value, message):
+    assert one_line_error(moshi("chat", *tiny_args, option, value)) == message
+
+
+@pytest.mark.skipif(Path("/dev/snd").exists(), reason="this machine has sound cards: there is always a device")
+@pytest.mark.parametrize("command", ["chat", "devices"])
+def test_no_audio_device(tmp_path, command):
+    # No sound card and no reachable sound server: PortAudio lists nothing.
+    env = {"PULSE_SERVER": f"unix:{tmp_path}/nothing", "XDG_RUNTIME_DIR": str(tmp_path)}
+    err = one_line_error(moshi(command, env=env))
+    assert err in ("error: no audio input device found (`moshi-mlx devices` lists what is available)",
+                   "error: no audio devices found (is a sound card connected, or the sound server running?)")
+
+
+@pytest.mark.audio
+def test_missing_weights(virtual_audio, tiny_model, tmp_path):
+    args = ["--moshi-weights", tmp_path / "nope.safetensors", "--mimi-weights", tiny_model.mimi_weights,
+            "--tokenizer", tiny_model.tokenizer, "--config", tiny_model.config]
+    assert one_line_error(moshi("chat", *args)) == f"error: Moshi weights not found: {tmp_path}/nope.safetensors"
+
+
+@pytest.mark.audio
+def test_missing_file_offline_names_the_download_command(virtual_audio, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    err = one_line_error(moshi("chat", "--voice", "moshika", "-q", "8", env=env))
+    assert "model.q8.safetensors of kyutai/moshika-mlx-q8 is not in the Hugging Face cache" in err
+    assert "`moshi-mlx download --hf-repo kyutai/moshika-mlx-q8 -q 8`" in err
+
+
+@pytest.mark.audio
+def test_weights_that_do_not_fit_the_config(virtual_audio, tiny_model):
+    # Without --config the 7B's config is assumed: the tiny checkpoint does not fit it.
+    args = ["--moshi-weights", tiny_model.moshi_weights, "--mimi-weights", tiny_model.mimi_weights,
+            "--tokenizer", tiny_model.tokenizer]
+    err = one_line_error(moshi("chat", *args))
+    assert err.startswith("error: model.safetensors does not fit the model config: ") and "--config" in err
+
+
+@pytest.mark.audio
+def test_moshi_weights_given_as_mimi_weights(virtual_audio, tiny_model, tiny_args):
+    err = one_line_error(moshi("chat", *tiny_args, "--mimi-weights", tiny_model.moshi_weights))
+    assert err.startswith(f"error: cannot load Mimi weights {tiny_model.moshi_weights}: ")
+
+
+@pytest.fixture
+def garbage(tmp_path):
+    path = tmp_path / "garbage.bin"
+    path.write_bytes(b"this is not a model file\n" * 10)
+    return path
+
+
+@pytest.mark.audio
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--moshi-weights", "error: cannot read weights {path} as safetensors"),
+        ("--tokenizer", "error: cannot load text tokenizer {path}"),
+        ("--config", "error: cannot read model config {path}"),
+    ],
+)
+def test_unreadable_model_file(virtual_audio, tiny_args, garbage, option, message):
+    err = one_line_error(moshi("chat", *tiny_args, option, garbage))
+    assert err.startswith(message.format(path=garbage)), err
+
+
+@pytest.mark.audio
+@pytest.mark.parametrize(("option", "message"), [("--transcript", "error: cannot write transcript {path}"),
+                                                 ("--record", "error: cannot write {path}")])
+def test_unwritable_output_file(virtual_audio, tiny_args, tmp_path, option, message):
+    path = tmp_path / "no" / "such" / "folder" / "out.wav"
+    assert one_line_error(moshi("chat", *tiny_args, option, path)).startswith(message.format(path=path))
+
+
+@pytest.mark.audio
+def test_chosen_quantization_does_not_fit_memory(virtual_audio, tmp_path):
+    env = {MEMORY: "16", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    err = one_line_error(moshi("chat", "-q", "bf16", env=env))
+    assert err == ("error: not enough memory for Moshi bf16: it needs about 17.8 GiB and this machine has "
+                   "16.0 GiB; use -q 8")
+
+
+@pytest.mark.audio
+def test_no_quantization_fits_memory(virtual_audio, tmp_path):
+    env = {MEMORY: "6", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    err = one_line_error(moshi("chat", env=env))
+    assert err == "error: not enough memory: Moshi q4 needs about 8.0 GiB and this machine has 6.0 GiB"
+
+
+def test_download_offline_is_one_line(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    err = one_line_error(moshi("download", "--voice", "moshika", "-q", "4", env=env))
+    assert err == "error: cannot download kyutai/moshika-mlx-q4: HF_HUB_OFFLINE is set; unset it and connect to " \
+                  "the internet"
+
+
+def test_unreadable_input_file_for_run(tmp_path, tiny_args, garbage):
+    err = one_line_error(moshi("run", garbage, "--out", tmp_path / "out.wav", *tiny_args))
+    assert err.startswith(f"error: cannot read audio file {garbage}")

@@ -1,0 +1,128 @@
+"""The real `moshi-mlx chat` on the virtual sound card with tiny random models: in a terminal (tmux) and piped.
+
+This machine is slower than real time with the full-size Mimi, so the lag policy acts throughout; the screen
+must show it and keep going.
+"""
+
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from audio_server import speech_wav
+
+pytestmark = pytest.mark.audio
+
+SPEECH = "Hello Moshi, how are you today? Tell me something about the weather."
+STATUS = re.compile(
+    r"\| encode \d+ · lm \d+ · decode \d+ ms \| RTF \d+\.\d\d \| backlog \d+ \| drops \d+ \| underruns \d+ \| \d\d:\d\d"
+)
+TRANSCRIPT_LINE = re.compile(r"\[(\d\d:\d\d)\.\d\] (\S.*)")
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def chat_command(tiny_model, tmp_path):
+    transcript, record = tmp_path / "transcript.txt", tmp_path / "conversation.wav"
+    # A hot text temperature: the random model then says more than one repeated piece.
+    command = [sys.executable, "-m", "moshi_mlx", "chat", *tiny_model.cli_args(), "--seed", "0",
+               "--temp-text", "2", "--transcript", transcript, "--record", record]
+    return [str(c) for c in command], transcript, record
+
+
+def check_files(transcript, record):
+    lines = transcript.read_text().splitlines()
+    assert lines and all(TRANSCRIPT_LINE.fullmatch(line) for line in lines), lines
+    audio, rate = sf.read(record, dtype="float32")
+    assert rate == 24000 and audio.ndim == 2 and audio.shape[1] == 2 and len(audio) % 1920 == 0
+    user, moshi = audio[:, 0], audio[:, 1]
+    assert np.sqrt(np.mean(user**2)) > 0.01  # the speech reached the microphone and the file
+    assert np.abs(moshi).max() > 0.01  # the random Mimi decoder makes sound
+    return lines
+
+
+def test_live_screen_in_a_terminal(tmp_path, tiny_model, virtual_audio):
+    if shutil.which("tmux") is None:
+        pytest.fail("this test drives the app in tmux: install it (`apt-get install tmux`; .ci/run does)")
+    speech = speech_wav(tmp_path / "speech.wav", SPEECH)
+    command, transcript, record = chat_command(tiny_model, tmp_path)
+    exit_file = tmp_path / "exit_status"
+    env = " ".join(f"{key}={shlex.quote(virtual_audio.env[key])}" for key in ("PULSE_SERVER", "XDG_RUNTIME_DIR"))
+    # COLUMNS and LINES (set under pytest) would override the terminal's real size.
+    shell = f"env -u COLUMNS -u LINES {env} {shlex.join(command)}; echo $? > {exit_file}; sleep 600"
+    socket = tmp_path / "tmux.sock"  # a private tmux server
+
+    def tmux(*args):
+        return subprocess.run(["tmux", "-S", str(socket), *args], capture_output=True, text=True, timeout=20)
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "chat").stdout
+
+    def screen_matching(pattern):
+        text = screen()
+        return text if re.search(pattern, text, re.M) else None
+
+    tmux("new-session", "-d", "-s", "chat", "-x", "100", "-y", "24", shell)
+    try:
+        wait_for(lambda: "Ctrl-C to stop" in screen() and "RTF" in screen(), 180, "the live screen")
+        player = virtual_audio.play(speech)
+        heard = wait_for(lambda: screen_matching(r"you █+"), 60, "the user's level")
+        player.wait(60)
+        words = wait_for(lambda: screen_matching(r"^\d\d:\d\d \S"), 60, "Moshi's words")
+        tmux("send-keys", "-t", "chat", "C-c")
+        wait_for(lambda: exit_file.exists() and exit_file.read_text().strip(), 60, "the app to exit")
+        final = screen()
+    finally:
+        tmux("kill-server")
+    print(f"--- while the user spoke ---\n{heard}\n--- after Ctrl-C ---\n{final}")
+
+    assert exit_file.read_text().strip() == "0", final
+    assert STATUS.search(" ".join(words.split())), words
+    assert "model.safetensors bf16 |" in words
+    assert "Traceback" not in final
+    assert re.search(r"Stopped after \d\d:\d\d: \d+ frames", final)
+    lines = check_files(transcript, record)
+    # The words on the screen are the transcript's: same start time, same first piece.
+    clock, text = re.search(r"^(\d\d:\d\d) (\S+)", words, re.M).groups()
+    starts = [TRANSCRIPT_LINE.fullmatch(line).groups() for line in lines]
+    assert any(start == clock and line_text.startswith(text) for start, line_text in starts), (clock, text, lines)
+
+
+def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path, tiny_model, virtual_audio):
+    speech = speech_wav(tmp_path / "speech.wav", SPEECH)
+    command, transcript, record = chat_command(tiny_model, tmp_path)
+    app = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(app.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("Ctrl-C to stop" in line for line in err), 180, "the conversation to start")
+        virtual_audio.play(speech).wait(60)
+        app.send_signal(signal.SIGINT)
+        out, _ = app.communicate(timeout=60)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    reader.join(10)
+    assert app.returncode == 0, "".join(err)
+    assert "\x1b" not in out and "Traceback" not in "".join(err)
+    lines = out.splitlines()
+    assert lines[-1].startswith("[") and "] status: model.safetensors bf16 | encode " in lines[-1]
+    assert STATUS.search(lines[-1])
+    # Moshi's lines on stdout are exactly those of the transcript file.
+    assert [line for line in lines if TRANSCRIPT_LINE.fullmatch(line)] == check_files(transcript, record)
