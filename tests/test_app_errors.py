@@ -35,7 +35,8 @@ def test_unknown_subcommand():
     result = moshi("tlak")
     assert result.returncode == 2
     err = result.stderr.strip()
-    assert err.startswith("error: unknown subcommand 'tlak': use one of chat, run, devices, download") and "\n" not in err
+    assert err.startswith("error: unknown subcommand 'tlak': use one of chat, run, devices, download")
+    assert "\n" not in err
 
 
 @pytest.fixture
