@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the conversation as cleanly as Ctrl-C
     plain = args.plain or not sys.stdout.isatty()
     console = Console()
-    say = Console(stderr=True, highlight=False)
+    say = Console(stderr=True, highlight=False, soft_wrap=True)
 
     # The quick checks first: devices, memory, files; then the slow loading.
     input_device = find_device(args.input_device, "input")

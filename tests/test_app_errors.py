@@ -135,6 +135,16 @@ def test_chosen_quantization_does_not_fit_memory(virtual_audio, tmp_path):
 
 
 @pytest.mark.audio
+def test_quantization_chosen_from_memory_is_said_in_one_line(virtual_audio, tmp_path):
+    env = {MEMORY: "16", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = moshi("chat", env=env)
+    said, err = result.stderr.strip().splitlines()
+    assert said == "Using q8: 16 GiB of memory fits its 7.6 GiB of weights (-q bf16 / 8 / 4 to choose)"
+    assert err.startswith("error: model.q8.safetensors of kyutai/moshiko-mlx-q8 is not in the Hugging Face cache")
+    assert result.returncode == 1
+
+
+@pytest.mark.audio
 def test_no_quantization_fits_memory(virtual_audio, tmp_path):
     env = {MEMORY: "6", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     err = one_line_error(moshi("chat", env=env))
