@@ -126,3 +126,13 @@ def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path, tiny_model, virtual
     assert STATUS.search(lines[-1])
     # Moshi's lines on stdout are exactly those of the transcript file.
     assert [line for line in lines if TRANSCRIPT_LINE.fullmatch(line)] == check_files(transcript, record)
+
+
+def test_devices_lists_the_virtual_sound_card(virtual_audio):
+    result = subprocess.run([sys.executable, "-m", "moshi_mlx", "devices"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # PortAudio reaches PulseAudio through ALSA's `pulse` and `default` devices; `default` is both defaults here.
+    assert any(re.fullmatch(r"<> +\d+  default  \(\d+ in, \d+ out, ALSA, \d+ Hz\)", line) for line in lines), lines
+    assert any(" pulse  (" in line for line in lines), lines
