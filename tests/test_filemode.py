@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import soundfile
@@ -148,3 +154,21 @@ def test_lm_that_cannot_take_mimis_codes_is_refused(tmp_path, tiny_model):
     gen = LmGen(load_lm(weights, LmConfig.from_json(config)))
     with pytest.raises(MoshiError, match="user streams of 64 codes"):
         Pipeline(gen, load_codec(tiny_model.mimi_weights))
+
+
+def test_ctrl_c_leaves_complete_files(tmp_path, tiny_model):
+    """SIGINT mid-run: exit 130 with one line, and the WAV and transcript hold the frames done so far."""
+    source, out, transcript = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "t.txt"
+    write_input(source, seconds=30, rate=24000, channels=1)
+    command = [sys.executable, "-m", "moshi_mlx.app.cli", "run", str(source), "--out", str(out), "--transcript",
+               str(transcript), "--quiet", *tiny_model.cli_args()]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.stat().st_size < 44 + 5 * FRAME * 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == "interrupted\n", err
+    audio, rate = soundfile.read(str(out), dtype="float32")
+    assert rate == 24000 and len(audio) >= 5 * FRAME and len(audio) % FRAME == 0
+    assert len(audio) < 30 * 24000 and os.path.getsize(transcript) > 0
