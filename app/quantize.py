@@ -1,0 +1,173 @@
+"""`moshi-mlx quantize`: Kyutai's bf16 weights to a 4-bit, 8-bit or mixed-precision checkpoint, and how good it is."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from moshi_mlx.quantize.memory import peak_rss_bytes
+from moshi_mlx.quantize.quantizer import output_paths, quantize_checkpoint
+from moshi_mlx.quantize.recipes import GROUP_SIZES, RECIPES, describe, make_plan
+from moshi_mlx.quantize.report import quality_reports, random_codes, render_table, wav_codes, write_json
+from moshi_mlx.quantize.safetensors_stream import SafetensorsReader
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from moshi_mlx import LmConfig, hub
+from moshi_mlx.errors import MoshiError
+
+from .memory import GIB, total_memory_gib
+
+DEFAULT_INPUT = "kyutai/moshiko-pytorch-bf16"
+BF16_FILE = "model.safetensors"
+REPORT_FILE = "quality_report.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="moshi-mlx quantize",
+        description="Quantize Moshi's bf16 weights (Kyutai's PyTorch or MLX names) to 4 or 8 bits, or to a mixed "
+        "precision, streaming tensor by tensor: the 7B fits in 16 GB. Writes model.<q4|q8|mixed>.safetensors and "
+        "config.json, which load with no flags (`--moshi-weights` and `--config`), then compares the result "
+        "with bf16 on teacher-forced logits.",
+    )
+    parser.add_argument(
+        "input", nargs="?", default=DEFAULT_INPUT,
+        help=f"bf16 weights: a .safetensors file, a folder with {BF16_FILE}, or a Hugging Face repo "
+        f"(default {DEFAULT_INPUT})",
+    )
+    parser.add_argument("-o", "--output", default=None, help="output folder (default ./moshi-<q4|q8|mixed>)")
+    parser.add_argument("--bits", type=int, choices=[4, 8], default=None, help="bits per weight (default 4)")
+    parser.add_argument(
+        "--group-size", type=int, choices=GROUP_SIZES, default=None,
+        help="weights sharing one scale and bias (default Kyutai's: 32 for 4 bits, 64 for 8 bits)",
+    )
+    parser.add_argument(
+        "--recipe", choices=RECIPES, default="uniform",
+        help="uniform: every Linear and Embedding at --bits, as Kyutai's files; mixed: temporal transformer at "
+        "4 bits, embeddings, text_linear and the depth transformer at 8",
+    )
+    parser.add_argument("--config", default=None, help="model config.json (default: the input's, else the 7B)")
+    report = parser.add_argument_group("quality report")
+    report.add_argument("--report", action="store_true",
+                        help="only report: compare the checkpoints already in --output with the input")
+    report.add_argument("--no-report", action="store_true", help="quantize without the report")
+    report.add_argument("--steps", type=int, default=64, help="frames of codes to score (default 64)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the random codes")
+    report.add_argument("--wav", default=None, help="score the Mimi codes of this recording instead of random ones")
+    report.add_argument("--mimi-weights", default=None, help="Mimi weights for --wav (default: from the hub)")
+    report.add_argument("--report-json", default=None,
+                        help=f"where to write the report (default <output>/{REPORT_FILE})")
+    args = parser.parse_args(argv)
+
+    if args.report and args.no_report:
+        raise MoshiError("--report and --no-report exclude each other")
+    if args.recipe == "mixed" and args.bits is not None:
+        raise MoshiError("--recipe mixed sets its own bits per module: drop --bits")
+    if args.steps < 2:
+        raise MoshiError("--steps must be at least 2")
+    console = Console(stderr=True)
+    weights, config = resolve_input(args.input, args.config)
+    plan = make_plan(config, args.bits or 4, args.group_size, args.recipe)
+    output = Path(args.output or f"moshi-{describe(plan).split()[0]}").expanduser()
+
+    if args.report:
+        candidates = {p.name.split(".")[1]: p for p in sorted(output.glob("model.*.safetensors"))}
+        if not candidates:
+            raise MoshiError(f"no model.*.safetensors in {output} to report on: quantize first")
+    else:
+        candidates = {describe(plan): quantize(weights, output, config, plan, console)}
+    if args.no_report or not _report_fits(weights, console):
+        return
+    codes = _codes(args, config)
+    reports = quality_reports(weights, candidates, config, codes)
+    console.print(render_table(reports, title=f"Quality against bf16 ({_codes_source(args, codes)})"))
+    path = write_json(reports, args.report_json or output / REPORT_FILE, input=str(weights),
+                      codes=_codes_source(args, codes))
+    console.print(f"report written to {path}")
+
+
+def resolve_input(spec: str, config: str | None) -> tuple[Path, LmConfig]:
+    """The bf16 weights file and its model config, from a file, a folder or a Hugging Face repo."""
+    path = Path(spec).expanduser()
+    repo_config = None
+    if path.is_dir():
+        weights = path / BF16_FILE
+        if not weights.is_file():
+            raise MoshiError(f"{path} has no {BF16_FILE}: give the bf16 weights file itself")
+    elif path.is_file():
+        weights = path
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.endswith(".safetensors"):
+        repo_config = hub._repo_config(spec)
+        weights = hub.fetch(spec, (repo_config or {}).get("moshi_name") or BF16_FILE, "bf16")
+    else:
+        raise MoshiError(f"input not found: {spec} (a .safetensors file, a folder, or a Hugging Face repo)")
+    if config is not None:
+        return weights, LmConfig.from_json(config)
+    if repo_config:
+        return weights, LmConfig.from_dict(repo_config)
+    sibling = weights.parent / "config.json"
+    return weights, LmConfig.from_json(sibling) if sibling.is_file() else LmConfig.moshi_7b()
+
+
+def quantize(weights: Path, output: Path, config: LmConfig, plan: dict, console: Console) -> Path:
+    """Quantize with a progress bar; prints what was written and the peak memory."""
+    kept = sorted(p for p, s in plan.items() if s is None)
+    if kept:
+        console.print(f"[yellow]{len(kept)} modules stay bf16: their rows do not split into groups "
+                      f"(e.g. {kept[0]})[/yellow]")
+    weights_path, _ = output_paths(output, plan)
+    with SafetensorsReader(weights) as reader:
+        total = reader.total_bytes()
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+               TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("[dim]{task.fields[tensor]}"))
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"{describe(plan)} {weights.name}", total=total, tensor="")
+        result = quantize_checkpoint(
+            weights, output, config, plan,
+            progress=lambda name, n: progress.update(task, advance=n, tensor=name),
+        )
+        progress.update(task, tensor="")
+    elapsed = time.perf_counter() - start
+    console.print(
+        f"wrote {result.weights} ({result.output_bytes / GIB:.2f} GiB, {result.bits_per_weight:.2f} bits per "
+        f"weight) and {result.config.name} from {result.input_bytes / GIB:.2f} GiB in {elapsed:.0f} s; "
+        f"peak memory {peak_rss_bytes() / GIB:.2f} GiB"
+    )
+    console.print(f"use it: moshi-mlx chat --moshi-weights {weights_path} --config {result.config}")
+    return weights_path
+
+
+def _report_fits(weights: Path, console: Console) -> bool:
+    """The report runs the bf16 model: skip it, with a hint, where that cannot fit in memory."""
+    need = weights.stat().st_size / GIB + 2.0
+    total = total_memory_gib()
+    if need <= total:
+        return True
+    console.print(f"skipping the quality report: the bf16 model needs about {need:.1f} GiB and this machine has "
+                  f"{total:.1f} GiB (`--report` on a larger machine)")
+    return False
+
+
+def _codes(args: argparse.Namespace, config: LmConfig):
+    if args.wav is None:
+        return random_codes(config, args.steps, seed=args.seed)
+    mimi = args.mimi_weights or hub.fetch(hub.default_repo("moshiko", "q8"), hub.MIMI_FILE, "q8")
+    return wav_codes(args.wav, mimi, config, max_steps=args.steps)
+
+
+def _codes_source(args: argparse.Namespace, codes) -> str:
+    batch, _, steps = codes.shape
+    if args.wav is None:
+        return f"random codes, {batch} x {steps} frames, seed {args.seed}"
+    return f"Mimi codes of {Path(args.wav).name}, {steps} frames"

@@ -1,0 +1,80 @@
+"""Which parts of Moshi take 4 bits best: the measurements behind the `mixed` recipe.
+
+    python benchmarks/quantize_sensitivity.py [--size small] [--steps 48] [--batch 2] [--scale 1.2]
+
+On a random-weight model with the 7B's structure, quantizes one group of modules (embeddings, text_linear,
+temporal attention, temporal MLP, depth transformer) at 4 bits with the rest at 8, and one group at 8 with the rest
+at 4, and prints the quality report's KL and top-1 agreement against bf16 for each, with the 7B's size of each
+choice (computed from shapes). Then uniform q4, q8 and the mixed recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import mlx.core as mx
+from mlx.utils import tree_map
+from moshi_mlx.quantize.quantizer import predicted_size
+from moshi_mlx.quantize.recipes import MIXED, Q4, Q8, make_plan, quantize_model
+from moshi_mlx.quantize.report import compare, logits_of, random_codes
+from rich.console import Console
+from rich.table import Table
+
+from moshi_mlx import LmConfig
+from moshi_mlx.testing import random_lm, tiny_config
+
+SIZES = {
+    # The 7B's ratios (depth dim = dim / 4, the same hidden_scale and depth feed-forward ratio), scaled down.
+    "small": dict(dim=512, num_heads=8, num_layers=6, depformer_dim=256, depformer_num_heads=4,
+                  depformer_num_layers=3, depformer_dim_feedforward=1056, text_card=4000, card=2048, context=100),
+    "tiny": dict(dim=64, num_heads=2, num_layers=2, hidden_scale=3, depformer_dim=64,
+                 depformer_dim_feedforward=192),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=SIZES, default="small")
+    parser.add_argument("--steps", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--scale", type=float, default=1.2, help="weight scale of the random model (sharper logits)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    config = tiny_config(**SIZES[args.size])
+    codes = random_codes(config, args.steps, args.batch, seed=args.seed)
+
+    def model(plan=None):
+        lm = random_lm(config, seed=args.seed, scale=args.scale)
+        lm.update(tree_map(lambda p: p.astype(mx.bfloat16), lm.parameters()))
+        if plan:
+            quantize_model(lm, plan)
+        return lm
+
+    reference = logits_of(model(), codes)
+    groups = list(MIXED)
+    cases = [("q8", {}, 8), ("q4", {}, 4)]
+    cases += [(f"q8, {g} at 4", {g: Q4}, 8) for g in groups]
+    cases += [(f"q4, {g} at 8", {g: Q8}, 4) for g in groups]
+    cases += [("mixed", None, None)]
+    seven_b = LmConfig.moshi_7b()
+
+    table = Table(title=f"Quantization sensitivity ({args.size} random model, scale {args.scale}; sizes for the 7B)")
+    for column in ("case", "7B GiB", "text KL", "text top-1", "audio KL", "audio top-1", "s"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for name, overrides, bits in cases:
+        start = time.perf_counter()
+        recipe = "mixed" if overrides is None else "uniform"
+        plan = make_plan(config, bits or 4, recipe=recipe, groups=overrides)
+        r = compare(name, reference, logits_of(model(plan), codes), codes, config)
+        seven = predicted_size(seven_b, make_plan(seven_b, bits or 4, recipe=recipe, groups=overrides))
+        table.add_row(name, f"{seven / 1024**3:.2f}", f"{r.text.kl:.2e}", f"{100 * r.text.top1:.1f} %",
+                      f"{r.audio.kl:.2e}", f"{100 * r.audio.top1:.1f} %", f"{time.perf_counter() - start:.1f}")
+    ref_entropy = compare("bf16", reference, reference, codes, config)
+    Console().print(table)
+    print(f"bf16 cross-entropy on the random codes: text {ref_entropy.text.ce:.3f}, audio {ref_entropy.audio.ce:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Which module gets which precision: uniform q4/q8 as Kyutai ships them, and Moshi's mixed recipe."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlx.nn as nn
+
+from moshi_mlx import Lm, LmConfig
+from moshi_mlx.errors import MoshiError
+
+# Kyutai's published files: q4 in groups of 32, q8 in groups of 64.
+DEFAULT_GROUP_SIZE = {4: 32, 8: 64}
+GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int
+    group_size: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"group_size": self.group_size, "bits": self.bits}
+
+    def bits_per_weight(self) -> float:
+        """Storage per weight: the packed bits plus a bf16 scale and bias per group."""
+        return self.bits + 32 / self.group_size
+
+
+Q4 = QuantSpec(4, DEFAULT_GROUP_SIZE[4])
+Q8 = QuantSpec(8, DEFAULT_GROUP_SIZE[8])
+
+# Moshi's mixed precision, first matching group wins. Measured on the quality report (README, "Quantize"):
+# the temporal transformer holds ~85 % of the 7B's weights and takes 4 bits with the least loss per byte
+# saved; the text and audio tables, `text_linear` and the depth transformer (run 8 times per frame, its error
+# goes straight into every audio code) stay at 8 bits.
+MIXED: dict[str, QuantSpec] = {
+    "embeddings": Q8,
+    "text_linear": Q8,
+    "temporal.attention": Q4,
+    "temporal.mlp": Q4,
+    "depformer": Q8,
+}
+RECIPES = ("uniform", "mixed")
+
+_GROUPS = (
+    ("embeddings", r"^(text_emb|audio_embs\.\d+)$"),
+    ("text_linear", r"^text_linear$"),
+    ("temporal.attention", r"^transformer\.layers\.\d+\.self_attn\."),
+    ("temporal.mlp", r"^transformer\.layers\.\d+\.(gating|linear1|linear2)"),
+    ("depformer", r"^depformer\."),
+)
+
+
+def module_group(path: str) -> str:
+    """The part of Moshi a quantizable module belongs to (a key of `MIXED`)."""
+    for group, pattern in _GROUPS:
+        if re.match(pattern, path):
+            return group
+    raise ValueError(f"no quantization group for module {path!r}")
+
+
+def quantizable_modules(config: LmConfig) -> dict[str, tuple[int, ...]]:
+    """Every Linear and Embedding of the model (module path -> weight shape), from a lazy model: nothing is
+    allocated, even for the 7B."""
+    lm = Lm(config)
+    return {path: tuple(m.weight.shape) for path, m in lm.named_modules() if hasattr(m, "to_quantized")}
+
+
+def make_plan(
+    config: LmConfig,
+    bits: int = 4,
+    group_size: int | None = None,
+    recipe: str = "uniform",
+    groups: Mapping[str, QuantSpec | None] | None = None,
+) -> dict[str, QuantSpec | None]:
+    """Precision of every quantizable module (None: kept in bf16).
+
+    `uniform` quantizes every Linear and Embedding at `bits` (Kyutai's group size unless `group_size`), as
+    Kyutai's q4/q8 files; `mixed` follows `MIXED`. `groups` maps group names to specs (or None for bf16) and
+    overrides the recipe, for measuring one group at a time.
+    """
+    if recipe not in RECIPES:
+        raise MoshiError(f"unknown recipe {recipe!r}: use {' or '.join(RECIPES)}")
+    if recipe == "uniform":
+        uniform = QuantSpec(bits, group_size or DEFAULT_GROUP_SIZE[bits])
+        by_group: dict[str, QuantSpec | None] = {group: uniform for group, _ in _GROUPS}
+    else:
+        by_group = {g: QuantSpec(s.bits, group_size or s.group_size) for g, s in MIXED.items()}
+    for spec in by_group.values():
+        check_quantizable(spec)
+    by_group.update(groups or {})
+    plan = {}
+    for path, shape in quantizable_modules(config).items():
+        spec = by_group[module_group(path)]
+        # A row that does not split into whole groups cannot be quantized (tiny models only; the 7B always can).
+        plan[path] = spec if spec is not None and shape[-1] % spec.group_size == 0 else None
+    return plan
+
+
+def quantization_block(plan: Mapping[str, QuantSpec | None]) -> dict:
+    """mlx-lm's `quantization` config entry: the most common precision, then per-module exceptions
+    (`{"group_size", "bits"}`, or `false` for a module left unquantized)."""
+    specs = [s for s in plan.values() if s is not None]
+    if not specs:
+        return {}
+    main = max(set(specs), key=specs.count)
+    block: dict = main.to_dict()
+    for path in sorted(plan):
+        spec = plan[path]
+        if spec != main:
+            block[path] = spec.to_dict() if spec is not None else False
+    return block
+
+
+def describe(plan: Mapping[str, QuantSpec | None]) -> str:
+    """'q4', 'q8', 'q4 g64', or 'mixed' for a plan."""
+    specs = {s for s in plan.values() if s is not None}
+    if len(specs) != 1:
+        return "mixed" if specs else "bf16"
+    (spec,) = specs
+    default = DEFAULT_GROUP_SIZE.get(spec.bits)
+    return f"q{spec.bits}" + ("" if spec.group_size == default else f" g{spec.group_size}")
+
+
+def file_tag(plan: Mapping[str, QuantSpec | None]) -> str:
+    """The `*` of `model.*.safetensors`: q4, q8 or mixed."""
+    name = describe(plan)
+    return name.split()[0]
+
+
+def check_quantizable(spec: QuantSpec) -> None:
+    if spec.bits not in DEFAULT_GROUP_SIZE:
+        raise MoshiError(f"unsupported bits {spec.bits}: use 4 or 8")
+    if spec.group_size not in GROUP_SIZES:
+        raise MoshiError(f"unsupported group size {spec.group_size}: use {', '.join(map(str, GROUP_SIZES))}")
+
+
+def quantize_model(lm: nn.Module, plan: Mapping[str, QuantSpec | None]) -> None:
+    """Quantize a loaded model in place as the plan says (for measurements without files)."""
+    nn.quantize(lm, class_predicate=lambda p, m: plan[p].to_dict() if plan.get(p) else False)
