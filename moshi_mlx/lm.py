@@ -52,9 +52,9 @@ class Depformer(nn.Module):
         """Logits of codebook k, given the previous token (text for k=0) and this frame's caches."""
         s = self.slices[k]
         x = s.linear_in(temporal_out) + s.embed_token(prev_token)
-        # Layer i of every slice shares one cache: step k attends to the keys of steps 0..k.
-        for layer, cache in zip(s.transformer.layers, caches, strict=True):
-            x = layer(x, cache)
+        # Layer i of every slice shares one cache: step k attends to the keys of steps 0..k, and the
+        # caches' offset (k) is the position for the depth transformer's positional embedding, if any.
+        x = s.transformer(x, caches)
         return s.linear_out(x)
 
 
