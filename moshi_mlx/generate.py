@@ -129,6 +129,8 @@ class LmGen:
         user = np.asarray(user_codes).reshape(-1)
         if user.shape[0] != self.num_user:
             raise ValueError(f"expected {self.num_user} user codes, got {user.shape[0]}")
+        if user.min() < 0 or user.max() >= cfg.card:
+            raise ValueError(f"user codes must lie in [0, {cfg.card}), got {user.tolist()}: are they Mimi's codes?")
         self._user.append(mx.array(user.astype(np.int32)))
 
         hidden, text_logits = self.lm.temporal(self._inputs(), self.cache)

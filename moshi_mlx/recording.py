@@ -12,7 +12,9 @@ from .errors import MoshiError
 
 
 class WavRecorder:
-    """A 24 kHz 16-bit WAV written frame by frame: Moshi alone (mono) or the user left and Moshi right (stereo).
+    """A 24 kHz 16-bit recording written frame by frame: Moshi alone (mono) or the user left and Moshi right (stereo).
+
+    WAV whatever the file is called (FLAC when it ends in .flac).
 
     Moshi's frame written with the user's frame t is the one produced at step t, as the two would be heard.
     `close()` finishes the file; what was written before stays readable if the program dies.
@@ -23,7 +25,8 @@ class WavRecorder:
         self.stereo = stereo
         try:
             self._file = soundfile.SoundFile(
-                str(self.path), "w", samplerate=SAMPLE_RATE, channels=2 if stereo else 1, subtype="PCM_16"
+                str(self.path), "w", samplerate=SAMPLE_RATE, channels=2 if stereo else 1, subtype="PCM_16",
+                format="FLAC" if self.path.suffix.lower() == ".flac" else "WAV",
             )
         except (soundfile.LibsndfileError, OSError, RuntimeError) as e:
             raise MoshiError(f"cannot write {self.path}: {str(e).splitlines()[0]}") from None

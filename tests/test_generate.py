@@ -107,6 +107,10 @@ def test_bad_user_codes():
     gen = LmGen(random_lm(tiny_config()))
     with pytest.raises(ValueError, match="expected 8 user codes"):
         gen.step(np.zeros(7))
+    for bad in (np.full(8, 64), np.full(8, -1)):  # tiny_config's card is 64
+        with pytest.raises(ValueError, match=r"user codes must lie in \[0, 64\)"):
+            gen.step(bad)
+    assert gen.step_index == 0
 
 
 @pytest.mark.parametrize("temp", [0.0, 0.8])
