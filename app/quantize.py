@@ -9,8 +9,8 @@ from pathlib import Path
 
 from moshi_mlx.quantize.memory import peak_rss_bytes
 from moshi_mlx.quantize.quantizer import output_paths, quantize_checkpoint
-from moshi_mlx.quantize.recipes import GROUP_SIZES, RECIPES, describe, make_plan
-from moshi_mlx.quantize.report import quality_reports, random_codes, render_table, wav_codes, write_json
+from moshi_mlx.quantize.recipes import GROUP_SIZES, RECIPES, describe, file_tag, make_plan
+from moshi_mlx.quantize.report import format_size, quality_reports, random_codes, render_table, wav_codes, write_json
 from moshi_mlx.quantize.safetensors_stream import SafetensorsReader
 from rich.console import Console
 from rich.progress import (
@@ -30,6 +30,7 @@ from .memory import GIB, total_memory_gib
 DEFAULT_INPUT = "kyutai/moshiko-pytorch-bf16"
 BF16_FILE = "model.safetensors"
 REPORT_FILE = "quality_report.json"
+ORDER = {"model.q4.safetensors": 0, "model.q8.safetensors": 1, "model.mixed.safetensors": 2}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="moshi-mlx quantize",
         description="Quantize Moshi's bf16 weights (Kyutai's PyTorch or MLX names) to 4 or 8 bits, or to a mixed "
         "precision, streaming tensor by tensor: the 7B fits in 16 GB. Writes model.<q4|q8|mixed>.safetensors and "
-        "config.json, which load with no flags (`--moshi-weights` and `--config`), then compares the result "
-        "with bf16 on teacher-forced logits.",
+        "config.json, which load with `--moshi-weights` and `--config` alone (no quantization flag), then "
+        "compares the result with bf16 on teacher-forced logits.",
     )
     parser.add_argument(
         "input", nargs="?", default=DEFAULT_INPUT,
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--recipe", choices=RECIPES, default="uniform",
-        help="uniform: every Linear and Embedding at --bits, as Kyutai's files; mixed: temporal transformer at "
-        "4 bits, embeddings, text_linear and the depth transformer at 8",
+        help="uniform: every Linear and Embedding at --bits, as Kyutai's files; mixed: the temporal transformer's "
+        "MLPs at 4 bits, everything else at 8 (5.8 GiB for the 7B, between q4's 4.5 and q8's 7.6)",
     )
     parser.add_argument("--config", default=None, help="model config.json (default: the input's, else the 7B)")
     report = parser.add_argument_group("quality report")
@@ -76,12 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 2:
         raise MoshiError("--steps must be at least 2")
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 110  # the report's table unwrapped in a log file
     weights, config = resolve_input(args.input, args.config)
     plan = make_plan(config, args.bits or 4, args.group_size, args.recipe)
-    output = Path(args.output or f"moshi-{describe(plan).split()[0]}").expanduser()
+    output = Path(args.output or f"moshi-{file_tag(plan)}").expanduser()
 
     if args.report:
-        candidates = {p.name.split(".")[1]: p for p in sorted(output.glob("model.*.safetensors"))}
+        found = sorted(output.glob("model.*.safetensors"), key=lambda p: (ORDER.get(p.name, len(ORDER)), p.name))
+        candidates = {p.name.split(".")[1]: p for p in found}
         if not candidates:
             raise MoshiError(f"no model.*.safetensors in {output} to report on: quantize first")
     else:
@@ -140,9 +144,9 @@ def quantize(weights: Path, output: Path, config: LmConfig, plan: dict, console:
         progress.update(task, tensor="")
     elapsed = time.perf_counter() - start
     console.print(
-        f"wrote {result.weights} ({result.output_bytes / GIB:.2f} GiB, {result.bits_per_weight:.2f} bits per "
-        f"weight) and {result.config.name} from {result.input_bytes / GIB:.2f} GiB in {elapsed:.0f} s; "
-        f"peak memory {peak_rss_bytes() / GIB:.2f} GiB"
+        f"wrote {result.weights} ({format_size(result.output_bytes)}, {result.bits_per_weight:.2f} bits per "
+        f"weight) and {result.config.name} from {format_size(result.input_bytes)} in {elapsed:.0f} s; "
+        f"peak memory {format_size(peak_rss_bytes())}"
     )
     console.print(f"use it: moshi-mlx chat --moshi-weights {weights_path} --config {result.config}")
     return weights_path

@@ -4,8 +4,10 @@ Kyutai's package is also imported as `moshi_mlx`, so it lives in its own venv an
 
     python3 -m venv /tmp/kmlx && /tmp/kmlx/bin/pip install moshi_mlx==0.3.0 "mlx[cpu]"   # [cpu] on Linux only
     python benchmarks/compare_kyutai.py --kyutai-python /tmp/kmlx/bin/python [--sizes tiny small] [--rounds 2]
+        [--quant bf16|q8|q4]
 
-Both load the same checkpoint (our MLX layout is Kyutai's), run bf16 with the same sampling settings, and time
+Both load the same checkpoint (our MLX layout is Kyutai's; with --quant, the file `moshi-mlx quantize` writes,
+which Kyutai's code loads strictly after its own `nn.quantize`), run with the same sampling settings, and time
 `step` plus reading the tokens back on the host. Rounds alternate between the two to spread machine noise.
 """
 
@@ -47,12 +49,17 @@ def worker_ours(weights: str, config: str, frames: int, temp: float) -> list[flo
 
 def worker_kyutai(weights: str, config: str, frames: int, temp: float) -> list[float]:
     import mlx.core as mx
+    import mlx.nn as nn
     import numpy as np
 
     from moshi_mlx import models, utils
 
-    model = models.Lm(models.LmConfig.from_config_dict(json.loads(Path(config).read_text())))
+    config_dict = json.loads(Path(config).read_text())
+    model = models.Lm(models.LmConfig.from_config_dict(config_dict))
     model.set_dtype(mx.bfloat16)
+    if "quantization" in config_dict:  # as Kyutai's own scripts load their q4 / q8 files
+        q = config_dict["quantization"]
+        nn.quantize(model, bits=q["bits"], group_size=q["group_size"])
     model.load_weights(weights, strict=True)
     mx.random.seed(0)
     gen = models.LmGen(
@@ -94,19 +101,30 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--temp", type=float, default=0.8, help="audio temperature (0: greedy)")
+    parser.add_argument("--quant", choices=["bf16", "q8", "q4"], default="bf16",
+                        help="quantize with moshi-mlx's quantizer first (Kyutai's default group sizes)")
     args = parser.parse_args()
 
+    from moshi_mlx.quantize.quantizer import quantize_checkpoint
+    from moshi_mlx.quantize.recipes import make_plan
+
+    from moshi_mlx import LmConfig
     from moshi_mlx.testing import tiny_config, write_random_lm
 
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             weights, config = write_random_lm(Path(tmp) / size, tiny_config(**SIZES[size]))
+            if args.quant != "bf16":
+                plan = make_plan(LmConfig.from_json(config), bits=int(args.quant[1:]))
+                done = quantize_checkpoint(weights, Path(tmp) / f"{size}-{args.quant}", LmConfig.from_json(config),
+                                           plan)
+                weights, config = done.weights, done.config
             ours, theirs = [], []
             for _ in range(args.rounds):
                 ours.append(run_worker(sys.executable, "ours", weights, config, args.frames, args.temp))
                 theirs.append(run_worker(args.kyutai_python, "kyutai", weights, config, args.frames, args.temp))
             o, k = statistics.median(ours), statistics.median(theirs)
-            print(f"{size:>6}: moshi-mlx {o:7.2f} ms/frame, Kyutai moshi_mlx {k:7.2f} ms/frame, "
+            print(f"{size:>6} {args.quant}: moshi-mlx {o:7.2f} ms/frame, Kyutai moshi_mlx {k:7.2f} ms/frame, "
                   f"speed-up {k / o:.2f}x (rounds: ours {[round(x, 1) for x in ours]}, "
                   f"Kyutai {[round(x, 1) for x in theirs]})")
 

@@ -158,14 +158,15 @@ def render_table(reports: list[QualityReport], title: str = "Quality against bf1
             first = stream == "text"
             bpw = f"{r.bits_per_weight:.2f}" if first and r.bits_per_weight is not None else ""
             table.add_row(
-                r.name if first else "", _size(r.size_bytes) if first else "", bpw, stream,
+                r.name if first else "", format_size(r.size_bytes) if first else "", bpw, stream,
                 f"{m.kl:.2e}", f"{100 * m.top1:.1f} %", f"{m.ce:.4f}", f"{m.ce_reference:.4f}",
                 end_section=not first,
             )
     return table
 
 
-def _size(n: int | None) -> str:
+def format_size(n: int | None) -> str:
+    """Bytes as MiB or GiB."""
     if n is None:
         return ""
     return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
