@@ -93,6 +93,7 @@ class Engine:
         self._speaking = False  # Moshi's first block has been queued
         self._backlog = 0  # input frames waiting when the current one was taken
         self._stop = threading.Event()
+        self._ready = threading.Event()  # the inference thread has warmed up (or failed to)
         self._thread: threading.Thread | None = None
         self._input_stream: Any = None
         self._output_stream: Any = None
@@ -157,6 +158,16 @@ class Engine:
         return None
 
     def _run(self) -> None:
+        # All of a conversation's MLX work (warm-up, compilation, every step) happens on this one thread: MLX's
+        # GPU streams belong to the thread that made them, so a graph built or traced on another thread fails on
+        # Metal ("There is no Stream(gpu, N) in current thread").
+        try:
+            self.pipeline.warmup(self.warmup_frames)
+        except BaseException as e:
+            self.error = e
+            return
+        finally:
+            self._ready.set()
         settings_in, settings_out = self._stats.input, self._stats.output
         assert settings_in is not None and settings_out is not None
         frame_size = self.pipeline.frame_size
@@ -197,12 +208,18 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> Engine:
-        """Check the devices, warm the model up, open the devices, start the inference thread."""
+        """Check the devices, start the inference thread (it warms the model up), then open the devices."""
         sd = sounddevice()
         in_settings = stream_settings(find_device(self.input_device, "input"), "input", self.samplerate)
         out_settings = stream_settings(find_device(self.output_device, "output"), "output", self.samplerate)
         self._stats.input, self._stats.output = in_settings, out_settings
-        self.pipeline.warmup(self.warmup_frames)
+        self._thread = threading.Thread(target=self._run, name="moshi-inference", daemon=True)
+        self._thread.start()
+        self._ready.wait()  # the warm-up, on the inference thread; the devices open after it
+        if self.error is not None:
+            self._thread.join()
+            error, self.error = self.error, None
+            raise error
         try:
             self._output_stream = sd.OutputStream(
                 device=out_settings.device, samplerate=out_settings.samplerate, channels=out_settings.channels,
@@ -212,8 +229,6 @@ class Engine:
                 device=in_settings.device, samplerate=in_settings.samplerate, channels=in_settings.channels,
                 blocksize=in_settings.blocksize, dtype="float32", callback=self._on_input,
             )
-            self._thread = threading.Thread(target=self._run, name="moshi-inference", daemon=True)
-            self._thread.start()
             self._output_stream.start()
             self._input_stream.start()
         except (sd.PortAudioError, ValueError) as e:

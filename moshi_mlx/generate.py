@@ -73,6 +73,7 @@ class LmGen:
         """Start a new conversation."""
         if self.seed is not None:
             mx.random.seed(self.seed)
+        mx.eval(mx.random.state)
         cfg = self.cfg
         self.step_index = 0
         self.cache = self.lm.make_cache()
@@ -161,8 +162,9 @@ class LmGen:
             outputs.append(mx.concatenate(frame))
         extra = [text_logits[0], audio_logits[:, 0]] if return_logits else []
         tokens = mx.concatenate(outputs)
-        # The one host synchronisation of the step.
-        mx.eval(tokens, *extra)
+        # The one host synchronisation of the step. The random state goes with it, so that no pending work is
+        # left behind for another frame (or another thread: MLX's GPU streams are per thread).
+        mx.eval(tokens, *extra, mx.random.state)
         host = np.array(tokens)
         return StepOutput(
             text_token=int(host[0]),

@@ -7,6 +7,7 @@ the tests check that it does what it says rather than assume a fast machine.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -151,3 +152,36 @@ def test_unknown_device_fails_before_anything_opens(virtual_audio, tiny_model):
     with pytest.raises(MoshiError, match="no audio input device matches 'no such microphone'"):
         engine.start()
     assert not engine.running
+
+
+def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model):
+    """Warm-up, compilation and every step run on one thread: on Metal, MLX streams belong to their thread."""
+    pipeline = load_pipeline(tiny_model)
+    threads = []
+    for name in ("step", "reset"):
+        method = getattr(pipeline.gen, name)
+
+        def recorded(*args, _method=method, _name=name, **kwargs):
+            threads.append((_name, threading.current_thread().name))
+            return _method(*args, **kwargs)
+
+        setattr(pipeline.gen, name, recorded)
+    with Engine(pipeline, warmup_frames=2) as engine:
+        time.sleep(1.0)
+    stats = engine.stats()
+    assert threads[:3] == [("step", "moshi-inference")] * 2 + [("reset", "moshi-inference")]
+    assert len(threads) == 3 + stats.processed and stats.processed > 0
+    assert {thread for _, thread in threads} == {"moshi-inference"}
+
+
+def test_warmup_error_is_raised_by_start_before_devices_open(virtual_audio, tiny_model):
+    pipeline = load_pipeline(tiny_model)
+
+    def broken(frames):
+        raise RuntimeError("no GPU memory left")
+
+    pipeline.warmup = broken
+    engine = Engine(pipeline)
+    with pytest.raises(RuntimeError, match="no GPU memory left"):
+        engine.start()
+    assert not engine.running and engine._input_stream is None and engine._output_stream is None
