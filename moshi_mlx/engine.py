@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from mlx_lm.generate import wired_limit
 
 from .audio_io import Chunker, StreamResampler, StreamSettings, downmix, find_device, sounddevice, stream_settings
 from .errors import MoshiError
@@ -158,6 +159,12 @@ class Engine:
         return None
 
     def _run(self) -> None:
+        # On a Mac, keep the model's memory wired for the conversation (mlx-lm's helper; nothing elsewhere), so
+        # the system cannot page the weights out between frames.
+        with wired_limit(self.pipeline.gen.lm):
+            self._converse()
+
+    def _converse(self) -> None:
         # All of a conversation's MLX work (warm-up, compilation, every step) happens on this one thread: MLX's
         # GPU streams belong to the thread that made them, so a graph built or traced on another thread fails on
         # Metal ("There is no Stream(gpu, N) in current thread").

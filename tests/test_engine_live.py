@@ -154,10 +154,24 @@ def test_unknown_device_fails_before_anything_opens(virtual_audio, tiny_model):
     assert not engine.running
 
 
-def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model):
-    """Warm-up, compilation and every step run on one thread: on Metal, MLX streams belong to their thread."""
+def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model, monkeypatch):
+    """Warm-up, compilation and every step run on one thread: on Metal, MLX streams belong to their thread.
+    The model's memory is wired (mlx-lm's `wired_limit`, a no-op off Metal) on that thread for the conversation."""
+    import contextlib
+
+    import moshi_mlx.engine
+
     pipeline = load_pipeline(tiny_model)
     threads = []
+
+    @contextlib.contextmanager
+    def wired(model):
+        assert model is pipeline.gen.lm
+        threads.append(("wired", threading.current_thread().name))
+        yield
+        threads.append(("unwired", threading.current_thread().name))
+
+    monkeypatch.setattr(moshi_mlx.engine, "wired_limit", wired)
     for name in ("step", "reset"):
         method = getattr(pipeline.gen, name)
 
@@ -169,8 +183,8 @@ def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model):
     with Engine(pipeline, warmup_frames=2) as engine:
         time.sleep(1.0)
     stats = engine.stats()
-    assert threads[:3] == [("step", "moshi-inference")] * 2 + [("reset", "moshi-inference")]
-    assert len(threads) == 3 + stats.processed and stats.processed > 0
+    assert [name for name, _ in threads[:4]] == ["wired", "step", "step", "reset"]
+    assert threads[-1][0] == "unwired" and len(threads) == 5 + stats.processed and stats.processed > 0
     assert {thread for _, thread in threads} == {"moshi-inference"}
 
 
