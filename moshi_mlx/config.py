@@ -17,6 +17,33 @@ OPTIONAL_KEYS = (
     "depformer_weights_per_step_schedule", "depformer_low_rank_embeddings", "demux_second_stream",
     "conditioners", "cross_attention",
 )
+# Keys Kyutai's `LMModel` cannot do without (or that no Moshi config leaves out).
+REQUIRED_KEYS = (
+    "dim", "text_card", "n_q", "dep_q", "card", "num_heads", "num_layers", "delays", "depformer_dim",
+    "depformer_num_heads",
+)
+# Kyutai's `LMModel` / `StreamingTransformer` defaults where they differ from the 7B's.
+PYTORCH_DEFAULTS: dict[str, Any] = {
+    "hidden_scale": 4,
+    "context": None,
+    "gating": "none",
+    "norm": "layer_norm",
+    "positional_embedding": "sin",
+    "layer_scale": None,
+    "depformer_dim_feedforward": None,
+    "depformer_causal": None,
+    "depformer_context": None,
+    "depformer_max_period": None,
+    "depformer_gating": None,
+    "depformer_pos_emb": "sin",
+    "depformer_multi_linear": False,
+    "depformer_weights_per_step": False,
+}
+# Options of Kyutai's LM (also under a `depformer_` prefix) this port does not implement, with their "off" value.
+UNSUPPORTED: dict[str, Any] = {
+    "norm_emb": False, "bias_proj": False, "depformer_norm": None, "kv_repeat": 1, "positional_scale": 1.0,
+    "extra_heads_num_heads": 0, "skip_self_attn": False, "lora": False, "fuser": None, "quantize": False,
+}
 
 
 @dataclass
@@ -64,23 +91,25 @@ class LmConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LmConfig:
-        """Build from Kyutai's JSON dict; unknown keys (e.g. `moshi_name`) are ignored.
+        """Build from Kyutai's JSON dict; keys that are not model settings (e.g. `moshi_name`) are ignored.
 
-        Keys missing from the dict take the defaults of Kyutai's `LMModel` where they differ from the 7B.
+        Keys left out take the defaults of Kyutai's `LMModel` (not the 7B's), as Kyutai's loader does; model
+        settings this port does not implement raise a one-line `MoshiError` rather than being ignored.
         """
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:
+            raise MoshiError(f"invalid model config: it lacks {', '.join(missing)}")
+        unsupported = [f"{key} {d[key]!r}" for key in d if _is_unsupported(key, d[key])]
+        if d.get("text_card_out") not in (None, d["text_card"]):
+            unsupported.append(f"text_card_out {d['text_card_out']!r}")
+        if not isinstance(d.get("depformer_dim_feedforward", 0), int | None):
+            unsupported.append(f"depformer_dim_feedforward {d['depformer_dim_feedforward']!r}")
+        if unsupported:
+            raise MoshiError(f"invalid model config: unsupported {'; '.join(unsupported)}")
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {
-            # LMModel's own defaults, used when an older config leaves a key out.
-            "depformer_dim_feedforward": None,
-            "depformer_causal": None,
-            "depformer_context": None,
-            "depformer_max_period": None,
-            "depformer_gating": None,
-            "depformer_pos_emb": "sin",
-            "depformer_multi_linear": False,
-            "depformer_weights_per_step": False,
-            "layer_scale": None,
-            "depformer_layer_scale": None,
+            **PYTORCH_DEFAULTS,
+            "depformer_num_layers": d["num_layers"],
             "demux_second_stream": d.get("demux_second_text_stream", False),
         }
         values.update({k: v for k, v in d.items() if k in names})
@@ -134,6 +163,12 @@ class LmConfig:
         schedule = self.depformer_weights_per_step_schedule
         if schedule is not None and len(schedule) != self.dep_q:
             problems.append(f"depformer schedule has {len(schedule)} entries for dep_q {self.dep_q}")
+        if not self.causal:
+            problems.append("non-causal attention is not supported")
+        if self.dep_q < 1:
+            problems.append("dep_q 0 (no depth transformer) is not supported")
+        if schedule is not None and not self.depformer_weights_per_step:
+            problems.append("depformer_weights_per_step_schedule needs depformer_weights_per_step")
         if self.demux_second_stream:
             problems.append("demux_second_stream (two text streams) is not supported")
         if self.conditioners or self.cross_attention:
@@ -224,3 +259,8 @@ class TransformerConfig:
         if self.dim_feedforward == 4 * self.dim:
             return (21 * self.dim) // 8
         return (2 * self.dim_feedforward) // 3
+
+
+def _is_unsupported(key: str, value: Any) -> bool:
+    option = key if key in UNSUPPORTED else key.removeprefix("depformer_")
+    return option in UNSUPPORTED and value != UNSUPPORTED[option]

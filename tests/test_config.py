@@ -54,11 +54,51 @@ def test_kyutai_gating_width_rule():
     ({"norm": "batch_norm"}, "norm"),
     ({"depformer_weights_per_step_schedule": [0, 1]}, "schedule"),
     ({"demux_second_stream": True}, "demux"),
+    ({"demux_second_text_stream": True}, "demux"),
+    ({"causal": False}, "causal"),
+    ({"dep_q": 0}, "dep_q 0"),
+    ({"depformer_weights_per_step": False, "depformer_weights_per_step_schedule": [0] * 8}, "schedule"),
+    ({"conditioners": {"description": {}}, "fuser": {"sum": ["description"]}}, "fuser"),
+    ({"cross_attention": True}, "cross-attention"),
+    ({"norm_emb": True}, "norm_emb"),
+    ({"bias_proj": True}, "bias_proj"),
+    ({"depformer_norm": "rms_norm"}, "depformer_norm"),
+    ({"kv_repeat": 2}, "kv_repeat"),
+    ({"depformer_kv_repeat": 2}, "depformer_kv_repeat"),
+    ({"positional_scale": 0.5}, "positional_scale"),
+    ({"extra_heads_num_heads": 2}, "extra_heads_num_heads"),
+    ({"lora": True}, "lora"),
+    ({"text_card_out": 32001}, "text_card_out"),
+    ({"depformer_dim_feedforward": [4224] * 8}, "depformer_dim_feedforward"),
+    ({"positional_embedding": "rope_concat"}, "positional_embedding"),
+    ({"gating": "gelu"}, "gating"),
 ])
 def test_bad_configs_are_one_line_errors(change, words):
     with pytest.raises(MoshiError) as e:
         LmConfig.from_dict({**KYUTAI_7B, **change})
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_off_values_of_unsupported_options_are_accepted():
+    off = {"norm_emb": False, "bias_proj": False, "depformer_norm": None, "kv_repeat": 1, "lora": False,
+           "text_card_out": 32000, "extra_heads_num_heads": 0, "fuser": None}
+    assert LmConfig.from_dict({**KYUTAI_7B, **off}) == LmConfig.moshi_7b()
+
+
+def test_left_out_keys_take_lmmodel_defaults():
+    """As Kyutai's loader: `LMModel` / `StreamingTransformer` defaults, the depth transformer inheriting."""
+    required = ("dim", "text_card", "n_q", "dep_q", "card", "num_heads", "num_layers", "delays", "depformer_dim",
+                "depformer_num_heads")
+    cfg = LmConfig.from_dict({k: KYUTAI_7B[k] for k in required})
+    assert (cfg.norm, cfg.gating, cfg.positional_embedding, cfg.context) == ("layer_norm", "none", "sin", None)
+    assert cfg.hidden_scale == 4 and cfg.max_period == 10000 and cfg.layer_scale is None
+    assert cfg.depformer_num_layers == 32 and cfg.depformer_pos_emb == "sin"
+    assert not cfg.depformer_multi_linear and not cfg.depformer_weights_per_step
+    dep = cfg.depth_transformer()
+    assert dep.gating == "none" and dep.dim_feedforward == 4 * 1024 and dep.context is None
+    with pytest.raises(MoshiError, match="lacks num_layers") as e:
+        LmConfig.from_dict({k: KYUTAI_7B[k] for k in required if k != "num_layers"})
+    assert "\n" not in str(e.value)
 
 
 def test_unreadable_config(tmp_path):
