@@ -77,6 +77,16 @@ def sin_embedding(positions: mx.array, dims: int, max_period: float) -> mx.array
     return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)
 
 
+def rope(x: mx.array, offset: int, max_period: float) -> mx.array:
+    """Kyutai's RoPE on `[B, H, T, head_dim]`: interleaved pairs (2i, 2i+1), MLX's "traditional" layout.
+
+    Computed in float32 whatever the model's dtype, as Kyutai does (MLX's CPU kernel would round the
+    rotation to bfloat16).
+    """
+    y = mx.fast.rope(x.astype(mx.float32), x.shape[-1], traditional=True, base=max_period, scale=1.0, offset=offset)
+    return y.astype(x.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -94,11 +104,7 @@ class Attention(nn.Module):
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
         if self.use_rope:
             offset = cache.offset if cache is not None else 0
-            # Kyutai's RoPE rotates interleaved pairs (2i, 2i+1): MLX's "traditional" layout.
-            q = mx.fast.rope(q, self.head_dim, traditional=True, base=self.max_period, scale=1.0,
-                             offset=offset)
-            k = mx.fast.rope(k, self.head_dim, traditional=True, base=self.max_period, scale=1.0,
-                             offset=offset)
+            q, k = rope(q, offset, self.max_period), rope(k, offset, self.max_period)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
