@@ -122,3 +122,38 @@ def test_compiled_depth_transformer_matches_eager(temp):
         return [(o.text_token, None if o.audio_codes is None else o.audio_codes.tolist()) for o in run(gen, 10)]
 
     assert tokens(True) == tokens(False)
+
+
+@pytest.mark.parametrize("temp, top_k", [(0.7, 5), (1.3, 0), (0.8, 64)])
+def test_sampler_draws_from_kyutai_distribution(temp, top_k):
+    """Kyutai's `sample_token`: softmax(logits / temp) kept to the top k (k=0 or k >= vocab: all), renormalised."""
+    from moshi_mlx.generate import _sampler
+
+    logits = np.random.default_rng(3).normal(0, 1.5, size=64).astype(np.float32)
+    mx.random.seed(0)
+    draws = np.array(_sampler(temp, top_k, 64)(mx.broadcast_to(mx.array(logits), (40000, 64))))
+    kept = np.argsort(-logits)[:top_k] if 0 < top_k < 64 else np.arange(64)
+    expected = np.zeros(64)
+    expected[kept] = np.exp(logits[kept] / temp)
+    expected /= expected.sum()
+    observed = np.bincount(draws, minlength=64) / len(draws)
+    assert set(np.flatnonzero(observed)) <= set(kept.tolist())
+    np.testing.assert_allclose(observed, expected, atol=0.01)
+    assert (np.array(_sampler(0.0, top_k, 64)(mx.array(logits)[None])) == logits.argmax()).all()
+
+
+def test_text_and_audio_samplers_take_their_own_settings():
+    lm = random_lm(tiny_config(), seed=2)
+    greedy_audio = LmGen(lm, temp=0, temp_text=3.0, top_k_text=0, seed=5)
+    greedy_text = LmGen(lm, temp=3.0, top_k=0, temp_text=0, seed=5)
+    text_sampled = audio_sampled = 0
+    previous = None
+    for t in range(12):
+        a, b = greedy_audio.step(USER[t], return_logits=True), greedy_text.step(USER[t], return_logits=True)
+        text_sampled += a.text_token != a.text_logits.argmax()
+        assert b.text_token == b.text_logits.argmax()
+        if t:  # the frame of step t is [a0(t-1), a1..a7(t)]
+            assert a.audio_codes.tolist() == [previous[0], *a.audio_logits.argmax(-1)[1:]]
+            audio_sampled += (b.audio_codes[1:] != b.audio_logits.argmax(-1)[1:]).sum()
+        previous = a.audio_logits.argmax(-1)
+    assert text_sampled > 0 and audio_sampled > 0
