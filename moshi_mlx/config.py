@@ -40,9 +40,10 @@ PYTORCH_DEFAULTS: dict[str, Any] = {
     "depformer_weights_per_step": False,
 }
 # Options of Kyutai's LM (also under a `depformer_` prefix) this port does not implement, with their "off" value.
+# (`quantize`, Kyutai's PyTorch int8 flag, is left to the loader: quantization is read off the tensors.)
 UNSUPPORTED: dict[str, Any] = {
     "norm_emb": False, "bias_proj": False, "depformer_norm": None, "kv_repeat": 1, "positional_scale": 1.0,
-    "extra_heads_num_heads": 0, "skip_self_attn": False, "lora": False, "fuser": None, "quantize": False,
+    "extra_heads_num_heads": 0, "skip_self_attn": False, "lora": False, "fuser": None,
 }
 
 
