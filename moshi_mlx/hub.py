@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -55,8 +55,24 @@ def download_command(repo: str, quant: str = "q4") -> str:
     return f"moshi-mlx download --hf-repo {repo} -q {quant.removeprefix('q')}"
 
 
-def fetch(repo: str, filename: str, quant: str = "q4") -> Path:
-    """A file of a Hugging Face repo, from the cache or downloaded into it (with progress)."""
+def _cached(repo: str, filename: str) -> Path | bool | None:
+    """A repo file's path in the cache, False when the cache knows the repo has no such file, None when unknown.
+
+    Looked up before any request: a laptop offline without HF_HUB_OFFLINE set would otherwise wait for
+    huggingface_hub's retries on every file it cannot confirm (about 25 s for a config.json the repo lacks).
+    """
+    hit = try_to_load_from_cache(repo, filename)
+    return Path(hit) if isinstance(hit, str) else None if hit is None else False
+
+
+def fetch(repo: str, filename: str, quant: str = "q4", cached_first: bool = True) -> Path:
+    """A file of a Hugging Face repo, from the cache or downloaded into it (with progress).
+
+    `cached_first=False` asks the hub for a newer version of a cached file (what `moshi-mlx download` does).
+    """
+    cached = _cached(repo, filename) if cached_first else None
+    if cached:
+        return cached
     try:
         return Path(hf_hub_download(repo, filename))
     except LocalEntryNotFoundError:
@@ -72,20 +88,31 @@ def fetch(repo: str, filename: str, quant: str = "q4") -> Path:
         raise MoshiError(f"cannot download {filename} from {repo}: {str(e).splitlines()[0]}") from None
 
 
-def _repo_config(repo: str) -> dict | None:
+def _repo_config(repo: str, cached_first: bool = True) -> dict | None:
     """The repo's config.json (newer Kyutai repos carry one), or None."""
+    cached = _cached(repo, CONFIG_FILE) if cached_first else None
+    if cached is False:
+        return None
     try:
-        path = hf_hub_download(repo, CONFIG_FILE)
+        path = cached or hf_hub_download(repo, CONFIG_FILE)
     except (EntryNotFoundError, LocalEntryNotFoundError):
         return None
     except (RepositoryNotFoundError, HfHubHTTPError, OSError):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise MoshiError(f"cannot read {CONFIG_FILE} of {repo}: {e}; give the model config with --config") from None
+    if not isinstance(config, dict):
+        raise MoshiError(f"{CONFIG_FILE} of {repo} is not a model config; give one with --config")
+    return config
 
 
 def _local(path: str | Path, what: str) -> Path:
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise MoshiError(f"{what} {p} is a folder: give the file itself")
     if not p.is_file():
         raise MoshiError(f"{what} not found: {p}")
     return p
@@ -132,10 +159,10 @@ def resolve_files(
 def download(repo: str, quant: str | int = "q4") -> list[Path]:
     """Fetch everything `resolve_files` will need from `repo`, for offline use later."""
     quant = normalize_quant(quant)
-    repo_config = _repo_config(repo) or {}
+    repo_config = _repo_config(repo, cached_first=False) or {}
     names = [
         repo_config.get("moshi_name") or MOSHI_FILES[quant],
         repo_config.get("mimi_name") or MIMI_FILE,
         repo_config.get("tokenizer_name") or TOKENIZER_FILE,
     ]
-    return [fetch(repo, name, quant) for name in names]
+    return [fetch(repo, name, quant, cached_first=False) for name in names]

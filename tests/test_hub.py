@@ -2,8 +2,10 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -26,7 +28,7 @@ def cache_repo(hf_home, repo, files):
     return snapshot
 
 
-def resolve_offline(hf_home, **kwargs):
+def resolve_offline(hf_home, endpoint=None, **kwargs):
     code = (
         "import json, sys\n"
         "from moshi_mlx import MoshiError\n"
@@ -40,6 +42,9 @@ def resolve_offline(hf_home, **kwargs):
     )
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
+    if endpoint is not None:  # not told it is offline: the hub at `endpoint` is down
+        env.pop("HF_HUB_OFFLINE")
+        env["HF_ENDPOINT"] = endpoint
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -54,6 +59,54 @@ def test_cached_kyutai_repo_resolves_offline(tmp_path):
     assert got["mimi"] == str(snapshot / "tokenizer-e351c8d8-checkpoint125.safetensors")
     assert got["tokenizer"] == str(snapshot / "tokenizer_spm_32k_3.model")
     assert got["dim"] == 4096 and got["repo"] == "kyutai/moshika-mlx-q8"
+
+
+class RefusingHub:
+    """A local stand-in for huggingface.co that counts connections and drops them, as a network that is down."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            connection.close()
+
+
+def test_cached_files_need_no_network(tmp_path):
+    """Downloaded once, then offline without HF_HUB_OFFLINE (a laptop on a plane): no request, no retries."""
+    files = {"model.q4.safetensors": b"w", "tokenizer-e351c8d8-checkpoint125.safetensors": b"m",
+             "tokenizer_spm_32k_3.model": b"t"}
+    snapshot = cache_repo(tmp_path, "kyutai/moshiko-mlx-q4", files)
+    # Kyutai's MLX repos have no config.json: the cache records its absence when `download` asks for it.
+    no_exist = snapshot.parent.parent / ".no_exist" / REVISION
+    no_exist.mkdir(parents=True)
+    (no_exist / "config.json").touch()
+    hub = RefusingHub()
+    try:
+        got = json.loads(resolve_offline(tmp_path, endpoint=hub.url, quant="4"))
+    finally:
+        hub.server.close()
+    assert got["moshi"] == str(snapshot / "model.q4.safetensors") and got["dim"] == 4096
+    assert hub.connections == 0
+
+
+def test_repo_config_that_is_not_json_is_one_line(tmp_path):
+    cache_repo(tmp_path, "someone/broken", {"config.json": b"{not json", "model.q4.safetensors": b"w"})
+    out = resolve_offline(tmp_path, hf_repo="someone/broken")
+    assert out.startswith("ERROR cannot read config.json of someone/broken: ") and "--config" in out
+
+
+def test_a_folder_given_as_a_file_is_named_so(tmp_path):
+    with pytest.raises(MoshiError, match=f"Moshi weights {tmp_path} is a folder: give the file itself"):
+        resolve_files(moshi_weights=tmp_path, mimi_weights=tmp_path, tokenizer=tmp_path)
 
 
 def test_repo_config_names_the_files(tmp_path):
