@@ -21,11 +21,12 @@ from moshi_mlx.weights import summarize_quantization
 
 from .memory import MEMORY_ENV, check_fits, choose_quant
 from .model_args import add_model_args, add_sampling_args, resolve_files
+from .parser import Parser, non_negative_int
 from .ui import ChatView, PlainOutput, Transcript, clock
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moshi-mlx chat",
         description="Talk with Moshi: it listens and speaks at the same time. Its words show as it thinks them, "
         "with the levels and how well this machine keeps up. Ctrl-C ends the conversation. "
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--transcript", default=None, metavar="FILE", help="write Moshi's words, timestamped")
     parser.add_argument("--record", default=None, metavar="FILE",
                         help="write the conversation as a stereo WAV (you left, Moshi right)")
-    parser.add_argument("--max-backlog", type=int, default=2, metavar="FRAMES",
+    parser.add_argument("--max-backlog", type=non_negative_int, default=2, metavar="FRAMES",
                         help="input frames allowed to wait before the oldest are skipped to keep up (default 2)")
     parser.add_argument("--plain", action="store_true", help="plain lines instead of the live screen "
                         "(the default when stdout is not a terminal)")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 from moshi_mlx.audio_io import list_devices, sounddevice
 from moshi_mlx.errors import MoshiError
+
+from .parser import Parser
 
 
 def describe() -> list[str]:
@@ -27,7 +27,7 @@ def describe() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moshi-mlx devices",
         description="List the audio devices. Choose one for `moshi-mlx chat` with --input-device / "
         "--output-device, by number or by part of its name. '<' marks the default input, '>' the default output.",

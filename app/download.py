@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
 from huggingface_hub import constants
 
 from moshi_mlx import hub
 from moshi_mlx.errors import MoshiError
 
 from .memory import choose_quant
+from .parser import Parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moshi-mlx download",
         description="Download Moshi's weights, Mimi's weights and the text tokenizer (and config.json when the "
         "repo has one) into the Hugging Face cache. Afterwards `moshi-mlx` works offline with the same options.",

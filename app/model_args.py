@@ -8,6 +8,7 @@ from moshi_mlx import hub
 from moshi_mlx.pipeline import Pipeline
 
 from .memory import check_fits, choose_quant
+from .parser import seed, temperature
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +27,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--seed", type=int, default=None, help="random seed: the same input gives the same output")
-    group.add_argument("--temp", type=float, default=0.8, help="audio sampling temperature (0 = greedy)")
-    group.add_argument("--temp-text", type=float, default=0.7, help="text sampling temperature (0 = greedy)")
+    group.add_argument("--seed", type=seed, default=None, help="random seed: the same input gives the same output")
+    group.add_argument("--temp", type=temperature, default=0.8, help="audio sampling temperature (0 = greedy)")
+    group.add_argument("--temp-text", type=temperature, default=0.7, help="text sampling temperature (0 = greedy)")
 
 
 def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:

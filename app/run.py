@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -13,10 +12,11 @@ from moshi_mlx.filemode import run_file
 from moshi_mlx.pipeline import FrameEvent
 
 from .model_args import add_model_args, add_sampling_args, load_pipeline
+from .parser import Parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moshi-mlx run",
         description="Play an audio file to Moshi (any sample rate, any channels; mixed to mono 24 kHz) and "
         "write what it says: its voice as a 24 kHz WAV, its words as text. Frames run as fast as the machine "

@@ -161,3 +161,33 @@ def test_download_offline_is_one_line(tmp_path):
 def test_unreadable_input_file_for_run(tmp_path, tiny_args, garbage):
     err = one_line_error(moshi("run", garbage, "--out", tmp_path / "out.wav", *tiny_args))
     assert err.startswith(f"error: cannot read audio file {garbage}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "in.wav", "--out", "o.wav", "-q", "5"],
+         "error: argument -q/--quantize/--quant: invalid choice: '5' (choose from '4', '8', 'bf16')"),
+        (["chat", "--voice", "bob"], "error: argument --voice: invalid choice: 'bob'"),
+        (["chat", "--max-backlog", "-1"], "error: argument --max-backlog: -1 is negative"),
+        (["run", "in.wav", "--out", "o.wav", "--temp", "nan"], "error: argument --temp: nan is not a temperature"),
+        (["run", "in.wav", "--out", "o.wav", "--temp-text", "-0.5"],
+         "error: argument --temp-text: -0.5 is not a temperature"),
+        (["run", "in.wav", "--out", "o.wav", "--seed", "-1"], "error: argument --seed: -1 is negative"),
+        (["run", "in.wav", "--out", "o.wav", "--seed", str(2**64)], f"error: argument --seed: {2**64} is too large"),
+        (["run", "in.wav"], "error: the following arguments are required: --out"),
+        (["devices", "extra"], "error: unrecognized arguments: extra"),
+        (["download", "-q", "3"], "error: argument -q/--quantize: invalid choice: '3'"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(capsys, argv, message):
+    """Mistyped options: one `error:` line saying where the options are listed, exit 2 as for an unknown subcommand."""
+    from moshi_mlx.app import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert err.rstrip().endswith(f"(`moshi-mlx {argv[0]} --help` lists the options)") and not captured.out
