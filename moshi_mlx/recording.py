@@ -17,7 +17,8 @@ class WavRecorder:
     WAV whatever the file is called (FLAC when it ends in .flac).
 
     Moshi's frame written with the user's frame t is the one produced at step t, as the two would be heard.
-    `close()` finishes the file; what was written before stays readable if the program dies.
+    `close()` finishes the file; the header is kept up to date as frames are written, so what was written stays a
+    valid WAV for every player if the program dies (a crash, `kill -9`).
     """
 
     def __init__(self, path: str | Path, stereo: bool = True):
@@ -30,6 +31,7 @@ class WavRecorder:
             )
         except (soundfile.LibsndfileError, OSError, RuntimeError) as e:
             raise MoshiError(f"cannot write {self.path}: {str(e).splitlines()[0]}") from None
+        _update_header_on_every_write(self._file)
         self.frames = 0
 
     def write(self, user: np.ndarray, moshi: np.ndarray | None) -> None:
@@ -42,6 +44,16 @@ class WavRecorder:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+# libsndfile's SFC_SET_UPDATE_HEADER_AUTO (sndfile.h), which soundfile does not name.
+_SFC_SET_UPDATE_HEADER_AUTO = 0x1061
+
+
+def _update_header_on_every_write(file: soundfile.SoundFile) -> None:
+    """Have libsndfile rewrite the WAV header's sizes after each write (by default only `close()` does)."""
+    snd, ffi = soundfile._snd, soundfile._ffi  # soundfile's own handle on libsndfile
+    snd.sf_command(file._file, _SFC_SET_UPDATE_HEADER_AUTO, ffi.NULL, snd.SF_TRUE)
 
 
 class TranscriptWriter:

@@ -1,5 +1,7 @@
 """Recording and transcript files: any name, readable back, one-line errors."""
 
+import wave
+
 import numpy as np
 import pytest
 import soundfile
@@ -38,3 +40,16 @@ def test_transcript_flushes_as_it_goes(tmp_path):
     assert (tmp_path / "t.txt").read_text() == "Hello, world"
     transcript.close()
     assert (tmp_path / "t.txt").read_text() == "Hello, world\n"
+
+
+def test_recording_is_a_valid_wav_before_it_is_closed(tmp_path):
+    """A crash or `kill -9` never lets close() run: the header must already give the true length."""
+    recorder = WavRecorder(tmp_path / "talk.wav", stereo=True)
+    user = np.full(1920, 0.25, np.float32)
+    for _ in range(3):
+        recorder.write(user, -user)
+    with wave.open(str(tmp_path / "talk.wav")) as w:  # the standard library's strict reader
+        assert (w.getnframes(), w.getnchannels(), w.getframerate()) == (3 * 1920, 2, 24000)
+        samples = np.frombuffer(w.readframes(3 * 1920), np.int16).reshape(-1, 2)
+    np.testing.assert_allclose(samples / 32768, np.tile([0.25, -0.25], (3 * 1920, 1)), atol=1 / 16384)
+    recorder.close()
