@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -19,6 +18,7 @@ from moshi_mlx.pipeline import Pipeline
 from moshi_mlx.recording import WavRecorder
 from moshi_mlx.weights import summarize_quantization
 
+from .interrupt import interrupt_on_termination
 from .memory import MEMORY_ENV, check_fits, choose_quant
 from .model_args import add_model_args, add_sampling_args, resolve_files
 from .parser import Parser, non_negative_int
@@ -101,13 +101,9 @@ def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> lis
     return lines
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the conversation as cleanly as Ctrl-C
+    interrupt_on_termination()
     plain = args.plain or not sys.stdout.isatty()
     console = Console()
     say = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
 from moshi_mlx.audio_io import read_mono_24k
+from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE
 from moshi_mlx.errors import MoshiError
 from moshi_mlx.filemode import run_file
 from moshi_mlx.pipeline import FrameEvent
 
+from .interrupt import interrupt_on_termination
 from .model_args import add_model_args, add_sampling_args, load_pipeline
 from .parser import Parser
 
@@ -31,24 +34,55 @@ def main(argv: list[str] | None = None) -> None:
     add_sampling_args(parser)
     args = parser.parse_args(argv)
 
+    interrupt_on_termination()
     audio = read_mono_24k(args.input)  # bad input and output paths fail before the model loads
-    for path in (args.out, args.transcript):
-        if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
-            raise MoshiError(f"cannot write {path}: its folder does not exist")
+    check_outputs(args.input, {"--out": args.out, "--transcript": args.transcript})
     pipeline = load_pipeline(args)
 
+    frames_done, printed = 0, False
+
     def show(event: FrameEvent) -> None:
+        nonlocal frames_done, printed
+        frames_done = event.index + 1
         if event.text and not args.quiet:
-            sys.stdout.write(event.text)
+            sys.stdout.write(event.text if printed else event.text.lstrip())
             sys.stdout.flush()
+            printed = True
 
     start = time.perf_counter()
-    result = run_file(pipeline, audio, args.out, args.transcript, stereo=args.stereo, on_event=show)
+    try:
+        result = run_file(pipeline, audio, args.out, args.transcript, stereo=args.stereo, on_event=show)
+    except KeyboardInterrupt:
+        if printed:
+            sys.stdout.write("\n")
+        files = [path for path in (args.out, args.transcript) if path]
+        print(f"interrupted: {' and '.join(files)} {'hold' if len(files) > 1 else 'holds'} the first "
+              f"{frames_done * FRAME_SIZE / SAMPLE_RATE:.1f} s of {len(audio) / SAMPLE_RATE:.1f} s",
+              file=sys.stderr)
+        sys.exit(130)
     elapsed = time.perf_counter() - start
-    if not args.quiet and result.text:
+    if printed:
         sys.stdout.write("\n")
     print(
         f"wrote {args.out}: {result.seconds:.1f} s, {len(result.events)} frames in {elapsed:.1f} s "
         f"({result.seconds / elapsed:.2f}x real time)",
         file=sys.stderr,
     )
+
+
+def check_outputs(source: str, outputs: dict[str, str | None]) -> None:
+    """Output files that can be written, none of them the input or another output (before the model loads)."""
+    seen = {Path(source).expanduser().resolve(): "the input file"}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        target = Path(path).expanduser().resolve()
+        if target in seen:
+            raise MoshiError(f"{option} {path} is {seen[target]}: give another file name")
+        if target.is_dir():
+            raise MoshiError(f"cannot write {path}: it is a folder; give a file name")
+        if not target.parent.is_dir():
+            raise MoshiError(f"cannot write {path}: its folder does not exist")
+        if not os.access(target if target.exists() else target.parent, os.W_OK):
+            raise MoshiError(f"cannot write {path}: permission denied")
+        seen[target] = f"also given to {option}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +75,11 @@ def run_file(
     WAV (stereo: user left, Moshi right) and its transcript as text, written as frames go and closed even on error.
     """
     audio = source if isinstance(source, np.ndarray) else read_mono_24k(source)
-    recorder = WavRecorder(out_path, stereo=stereo)
-    transcript = TranscriptWriter(transcript_path) if transcript_path is not None else None
-    try:
+    with ExitStack() as files:
+        recorder = WavRecorder(out_path, stereo=stereo)
+        files.callback(recorder.close)
+        transcript = None
+        if transcript_path is not None:
+            transcript = TranscriptWriter(transcript_path)
+            files.callback(transcript.close)
         return run_frames(pipeline, audio, on_event, recorder, transcript)
-    finally:
-        recorder.close()
-        if transcript is not None:
-            transcript.close()

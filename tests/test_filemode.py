@@ -156,8 +156,10 @@ def test_lm_that_cannot_take_mimis_codes_is_refused(tmp_path, tiny_model):
         Pipeline(gen, load_codec(tiny_model.mimi_weights))
 
 
-def test_ctrl_c_leaves_complete_files(tmp_path, tiny_model):
-    """SIGINT mid-run: exit 130 with one line, and the WAV and transcript hold the frames done so far."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_ctrl_c_leaves_complete_files(tmp_path, tiny_model, signum):
+    """Ctrl-C (or the terminal window closed: SIGHUP) mid-run: exit 130 with one line saying what the files hold,
+    and the WAV and transcript hold the frames done so far."""
     source, out, transcript = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "t.txt"
     write_input(source, seconds=30, rate=24000, channels=1)
     command = [sys.executable, "-m", "moshi_mlx.app.cli", "run", str(source), "--out", str(out), "--transcript",
@@ -166,9 +168,31 @@ def test_ctrl_c_leaves_complete_files(tmp_path, tiny_model):
     deadline = time.monotonic() + 60
     while (not out.exists() or out.stat().st_size < 44 + 5 * FRAME * 2) and time.monotonic() < deadline:
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and err == "interrupted\n", err
     audio, rate = soundfile.read(str(out), dtype="float32")
     assert rate == 24000 and len(audio) >= 5 * FRAME and len(audio) % FRAME == 0
     assert len(audio) < 30 * 24000 and os.path.getsize(transcript) > 0
+    assert transcript.read_text().endswith("\n")
+    assert process.returncode == 130, err
+    assert err == f"interrupted: {out} and {transcript} hold the first {len(audio) / 24000:.1f} s of 30.0 s\n"
+
+
+def test_outputs_never_overwrite_the_input_or_each_other(tmp_path, tiny_model, capsys):
+    source = tmp_path / "in.wav"
+    write_input(source, seconds=0.2, rate=24000, channels=1)
+    before = source.read_bytes()
+    same = f"{tmp_path}/../{tmp_path.name}/in.wav"  # the input, spelt differently
+    cases = [
+        (["--out", same], f"error: --out {same} is the input file: "),
+        (["--out", str(tmp_path / "o.wav"), "--transcript", str(tmp_path / "o.wav")],
+         f"error: --transcript {tmp_path}/o.wav is also given to --out: "),
+        (["--out", str(tmp_path)], f"error: cannot write {tmp_path}: it is a folder"),
+    ]
+    for options, message in cases:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["run", str(source), *options, *tiny_model.cli_args()])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith(message) and err.count("\n") == 1, err
+    assert source.read_bytes() == before and not (tmp_path / "o.wav").exists()
+
