@@ -21,7 +21,7 @@ from moshi_mlx.weights import summarize_quantization
 from .interrupt import interrupt_on_termination
 from .memory import MEMORY_ENV, check_fits, choose_quant
 from .model_args import add_model_args, add_sampling_args, resolve_files
-from .parser import Parser, non_negative_int
+from .parser import Parser, check_outputs, non_negative_int
 from .ui import ChatView, PlainOutput, Transcript, clock
 
 
@@ -104,6 +104,7 @@ def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> lis
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     interrupt_on_termination()
+    check_outputs({"--transcript": args.transcript, "--record": args.record})
     plain = args.plain or not sys.stdout.isatty()
     console = Console()
     say = Console(stderr=True, highlight=False, soft_wrap=True)

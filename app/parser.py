@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from pathlib import Path
 from typing import NoReturn
+
+from moshi_mlx.errors import MoshiError
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,3 +48,24 @@ def temperature(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text} is not a temperature (a number >= 0; 0 = greedy)")
     return value
+
+
+def check_outputs(outputs: dict[str, str | None], source: str | None = None) -> None:
+    """Output files (by option) that can be written, none of them the input or another output.
+
+    Checked before the model loads, so a mistake costs no waiting (and never clobbers the input).
+    """
+    seen = {Path(source).expanduser().resolve(): "the input file"} if source is not None else {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        target = Path(path).expanduser().resolve()
+        if target in seen:
+            raise MoshiError(f"{option} {path} is {seen[target]}: give another file name")
+        if target.is_dir():
+            raise MoshiError(f"cannot write {path}: it is a folder; give a file name")
+        if not target.parent.is_dir():
+            raise MoshiError(f"cannot write {path}: its folder does not exist")
+        if not os.access(target if target.exists() else target.parent, os.W_OK):
+            raise MoshiError(f"cannot write {path}: permission denied")
+        seen[target] = f"also given to {option}"

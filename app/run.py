@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 from moshi_mlx.audio_io import read_mono_24k
 from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE
-from moshi_mlx.errors import MoshiError
 from moshi_mlx.filemode import run_file
 from moshi_mlx.pipeline import FrameEvent
 
 from .interrupt import interrupt_on_termination
 from .model_args import add_model_args, add_sampling_args, load_pipeline
-from .parser import Parser
+from .parser import Parser, check_outputs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     interrupt_on_termination()
     audio = read_mono_24k(args.input)  # bad input and output paths fail before the model loads
-    check_outputs(args.input, {"--out": args.out, "--transcript": args.transcript})
+    check_outputs({"--out": args.out, "--transcript": args.transcript}, source=args.input)
     pipeline = load_pipeline(args)
 
     frames_done, printed = 0, False
@@ -69,20 +66,3 @@ def main(argv: list[str] | None = None) -> None:
         file=sys.stderr,
     )
 
-
-def check_outputs(source: str, outputs: dict[str, str | None]) -> None:
-    """Output files that can be written, none of them the input or another output (before the model loads)."""
-    seen = {Path(source).expanduser().resolve(): "the input file"}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        target = Path(path).expanduser().resolve()
-        if target in seen:
-            raise MoshiError(f"{option} {path} is {seen[target]}: give another file name")
-        if target.is_dir():
-            raise MoshiError(f"cannot write {path}: it is a folder; give a file name")
-        if not target.parent.is_dir():
-            raise MoshiError(f"cannot write {path}: its folder does not exist")
-        if not os.access(target if target.exists() else target.parent, os.W_OK):
-            raise MoshiError(f"cannot write {path}: permission denied")
-        seen[target] = f"also given to {option}"
