@@ -140,6 +140,8 @@ class Chunker:
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Any file soundfile reads (WAV, FLAC, OGG...) -> float32 `[frames, channels]` and its sample rate."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise MoshiError(f"{path} is a folder, not an audio file")
     if not path.is_file():
         raise MoshiError(f"audio file not found: {path}")
     try:

@@ -124,12 +124,16 @@ def test_files_are_closed_on_error(tmp_path, tiny_model):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "audio file not found"), (b"RIFF garbage", "cannot read audio file"), (b"", "cannot read audio file")],
+    [(None, "audio file not found"), (b"RIFF garbage", "cannot read audio file"), (b"", "cannot read audio file"),
+     ("folder", "{source} is a folder, not an audio file")],
 )
 def test_unreadable_input_is_a_one_line_error(tmp_path, tiny_model, capsys, content, message):
     source = tmp_path / "in.wav"
-    if content is not None:
+    if content == "folder":
+        source.mkdir()
+    elif content is not None:
         source.write_bytes(content)
+    message = message.format(source=source)
     with pytest.raises(SystemExit) as e:
         cli.main(["run", str(source), "--out", str(tmp_path / "out.wav"), *tiny_model.cli_args()])
     assert e.value.code == 1
