@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def choose_model(args: argparse.Namespace, say: Console) -> hub.ModelFiles:
     """Settle the quantization (saying which and why), check it fits, then find the files."""
     local = args.moshi_weights is not None
+    if args.quant is None and args.hf_repo is not None and not local:
+        held = hub.repo_quant(args.hf_repo)  # the repo's own precision, not one it may not have
+        args.quant = held.removeprefix("q") if held else None
     if args.quant is not None and not local:
         check_fits(hub.normalize_quant(args.quant))  # before downloading anything
     elif args.quant is None and not local:

@@ -20,12 +20,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--voice", choices=hub.VOICES, default="moshiko", help="moshiko (male) or moshika (female)")
     parser.add_argument(
         "-q", "--quantize", dest="quant", choices=["4", "8", "bf16"], default=None,
-        help="weights precision (default: what `moshi-mlx chat` would choose for this machine's memory)",
+        help="weights precision (default: the one --hf-repo holds, else what `moshi-mlx chat` would choose for this "
+        "machine's memory)",
     )
     parser.add_argument("--hf-repo", default=None, help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
     args = parser.parse_args(argv)
 
-    quant = hub.normalize_quant(args.quant) if args.quant else choose_quant()[0]
+    if args.quant:
+        quant = hub.normalize_quant(args.quant)
+    else:
+        quant = (args.hf_repo and hub.repo_quant(args.hf_repo)) or choose_quant()[0]
     repo = args.hf_repo or hub.default_repo(args.voice, quant)
     if constants.HF_HUB_OFFLINE:
         raise MoshiError(f"cannot download {repo}: HF_HUB_OFFLINE is set; unset it and connect to the internet")

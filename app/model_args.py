@@ -16,7 +16,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--voice", choices=hub.VOICES, default="moshiko", help="moshiko (male) or moshika (female)")
     group.add_argument(
         "-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default=None,
-        help="weights precision (default: the best that fits this machine's memory)",
+        help="weights precision (default: the one --hf-repo holds, else the best that fits this machine's memory)",
     )
     group.add_argument("--hf-repo", default=None, help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
     group.add_argument("--moshi-weights", default=None, help="local Moshi weights (.safetensors, MLX or PyTorch names)")
@@ -35,7 +35,12 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
 def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
     """The model files the options name: local paths win, the rest from the Hugging Face repo (or its cache)."""
     local = args.moshi_weights and args.mimi_weights and args.tokenizer
-    quant = hub.normalize_quant(args.quant) if args.quant else ("q4" if local else choose_quant()[0])
+    if args.quant:
+        quant = hub.normalize_quant(args.quant)
+    elif local:
+        quant = "q4"
+    else:
+        quant = (args.hf_repo and hub.repo_quant(args.hf_repo)) or choose_quant()[0]
     files = hub.resolve_files(
         hf_repo=args.hf_repo, voice=args.voice, quant=quant, moshi_weights=args.moshi_weights,
         mimi_weights=args.mimi_weights, tokenizer=args.tokenizer, config=args.config,

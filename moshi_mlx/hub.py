@@ -51,6 +51,16 @@ def default_repo(voice: str = "moshiko", quant: str | int = "q4") -> str:
     return f"kyutai/{voice}-mlx-{normalize_quant(quant)}"
 
 
+def repo_quant(repo: str) -> str | None:
+    """The quantization a repo holds, for --hf-repo without -q: the one whose Moshi file is in the cache, else the
+    one its name ends with (kyutai/moshiko-mlx-q4); None when neither tells."""
+    held = [quant for quant, name in MOSHI_FILES.items() if _cached(repo, name)]
+    if len(held) == 1:
+        return held[0]
+    suffix = repo.lower().rsplit("-", 1)[-1]
+    return suffix if suffix in QUANTS else None
+
+
 def download_command(repo: str, quant: str = "q4") -> str:
     return f"moshi-mlx download --hf-repo {repo} -q {quant.removeprefix('q')}"
 

@@ -198,3 +198,17 @@ def test_command_line_mistakes_are_one_line(capsys, argv, message):
     err = captured.err
     assert err.startswith(message) and err.count("\n") == 1, err
     assert err.rstrip().endswith(f"(`moshi-mlx {argv[0]} --help` lists the options)") and not captured.out
+
+
+def test_hf_repo_without_q_uses_the_repos_precision(tmp_path, tiny_model):
+    """16 GiB would choose q8, but kyutai/moshiko-mlx-q4 only holds q4: look for that, not model.q8.safetensors."""
+    import numpy as np
+    import soundfile
+
+    source = tmp_path / "in.wav"
+    soundfile.write(str(source), np.zeros(1920, np.float32), 24000)
+    env = {MEMORY: "16", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    err = one_line_error(moshi("run", source, "--out", tmp_path / "out.wav", "--hf-repo", "kyutai/moshiko-mlx-q4",
+                               "--config", tiny_model.config, env=env))
+    assert err.startswith("error: model.q4.safetensors of kyutai/moshiko-mlx-q4 is not in the Hugging Face cache")
+    assert "`moshi-mlx download --hf-repo kyutai/moshiko-mlx-q4 -q 4`" in err

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from moshi_mlx import MoshiError
-from moshi_mlx.hub import default_repo, normalize_quant, resolve_files
+from moshi_mlx.hub import default_repo, normalize_quant, repo_quant, resolve_files
 from moshi_mlx.testing import tiny_config
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -148,3 +148,14 @@ def test_names():
         normalize_quant("3")
     with pytest.raises(MoshiError, match="unknown voice"):
         default_repo("hal", 4)
+
+
+def test_repo_quant_for_hf_repo_without_q(tmp_path):
+    cache_repo(tmp_path, "someone/my-moshi", {"model.q8.safetensors": b"w", "tokenizer_spm_32k_3.model": b"t"})
+    code = ("from moshi_mlx.hub import repo_quant; "
+            "print(repo_quant('someone/my-moshi'), repo_quant('someone/other'), repo_quant('kyutai/moshika-mlx-bf16'))")
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["q8", "None", "bf16"], out.stderr
+    assert repo_quant("kyutai/moshiko-mlx-q4") == "q4"
