@@ -19,6 +19,10 @@ class Codec(Protocol):
     frame_size: int
     num_codebooks: int
     cardinality: int  # codes lie in [0, cardinality)
+    # True when encode and decode may each run on a worker thread of their own, at the same time as each other
+    # and as MLX work on the inference thread (a CPU codec that releases the GIL, e.g. rustymimi). False for a
+    # codec that runs MLX: MLX's GPU streams belong to the inference thread, so such a codec is called there.
+    runs_off_thread: bool
 
     def encode(self, frame: np.ndarray) -> np.ndarray:
         """One frame of float32 samples `[frame_size]` -> int64 codes `[num_codebooks]`."""
@@ -30,6 +34,10 @@ class Codec(Protocol):
 
     def reset(self) -> None:
         """Forget the stream: the next frame starts a new conversation."""
+        ...
+
+    def close(self) -> None:
+        """Release worker threads and memory; the codec is not used afterwards."""
         ...
 
 

@@ -22,6 +22,7 @@ class RustyMimi:
     sample_rate = SAMPLE_RATE
     frame_size = FRAME_SIZE
     cardinality = CARDINALITY
+    runs_off_thread = True  # Tokenizer's steps release the GIL
 
     def __init__(self, path: str | Path, num_codebooks: int = NUM_CODEBOOKS):
         self.path = Path(path).expanduser()
@@ -55,3 +56,6 @@ class RustyMimi:
         # Tokenizer.reset() leaves some encoder state behind (the next first frame encodes differently from a
         # fresh tokenizer's), so start from a fresh one: about 0.4 s.
         self._tokenizer = self._load()
+
+    def close(self) -> None:
+        pass
