@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if printed:
         sys.stdout.write("\n")
     print(
-        f"wrote {args.out}: {result.seconds:.1f} s, {len(result.events)} frames in {elapsed:.1f} s "
+        f"wrote {args.out}: {result.seconds:.1f} s, {result.frames} frames in {elapsed:.1f} s "
         f"({result.seconds / elapsed:.2f}x real time)",
         file=sys.stderr,
     )
