@@ -27,8 +27,9 @@ class RenewingStream(Generic[In, Out]):
     """One direction of a streaming codec (the encoder or the decoder), renewed every `renew_every` frames.
 
     `start()` makes a fresh stream: a function taking one frame's input to its output. `limit` is the number of
-    frames a stream can take; renewal starts at `renew_every` (below `limit`), and if the successor has not caught
-    up by `limit`, the caller waits for it (a slow machine; logged). `blend(old, new)` joins the two outputs of the
+    frames a stream can take, priming included; a renewal starts once the stream has served `renew_every` frames,
+    and if the successor has not caught up when the old stream reaches `limit`, the caller waits for it (a slow
+    machine; logged). `blend(old, new)` joins the two outputs of the
     frame where the successor takes over (e.g. a crossfade of decoded audio); by default the successor's is used.
     `notify` gets one line when a failed stream had to be replaced.
     """
@@ -43,12 +44,14 @@ class RenewingStream(Generic[In, Out]):
         blend: Callable[[Out, Out], Out] | None = None,
         notify: Callable[[str], None] | None = None,
     ):
-        if not 0 < prime_frames <= renew_every < limit:
-            raise ValueError(f"need 0 < prime_frames ({prime_frames}) <= renew_every ({renew_every}) < limit ({limit})")
+        if not (0 < prime_frames <= renew_every and prime_frames + renew_every < limit):
+            raise ValueError(f"need 0 < prime_frames ({prime_frames}) <= renew_every ({renew_every}) and "
+                             f"prime_frames + renew_every < limit ({limit})")
         self.name, self.limit, self.renew_every, self.prime_frames = name, limit, renew_every, prime_frames
         self._start, self._blend, self._notify = start, blend, notify
         self._step: Step = start()
         self._position = 0  # frames the current stream has taken
+        self._served = 0  # of those, frames whose output was used
         self._history: deque[In] = deque(maxlen=prime_frames)
         self._lock = threading.Lock()
         self._primer: threading.Thread | None = None
@@ -59,7 +62,9 @@ class RenewingStream(Generic[In, Out]):
         self.waited_s = 0.0  # time the caller spent waiting for a successor that was late
 
     def __call__(self, x: In) -> Out:
-        if self._primer is None and self._position >= self.renew_every:
+        # A successor that spent long catching up starts with less room: renew it early enough too.
+        due = self._served >= self.renew_every or self._position + self.renew_every >= self.limit
+        if self._primer is None and due:
             self._begin_renewal()
         if self._primer is not None and self._position >= self.limit - 1:
             self._wait_for_successor()
@@ -73,6 +78,7 @@ class RenewingStream(Generic[In, Out]):
             else:
                 out = self._step(x)
                 self._position += 1
+                self._served += 1
         except Exception as e:
             out = self._recover(x, e)
         self._history.append(x)
@@ -125,7 +131,7 @@ class RenewingStream(Generic[In, Out]):
                 out = self._blend(self._step(x), new)
             except Exception:  # the old stream is past its best: the successor alone
                 out = new
-        self._step, self._position, self._primer = step, position + 1, None
+        self._step, self._position, self._served, self._primer = step, position + 1, 1, None
         self.renewals += 1
         log.debug("Mimi %s renewed (%d so far)", self.name, self.renewals)
         return out
@@ -143,7 +149,7 @@ class RenewingStream(Generic[In, Out]):
         for h in self._history:
             step(h)
         out = step(x)
-        self._step, self._position = step, len(self._history) + 1
+        self._step, self._position, self._served = step, len(self._history) + 1, 1
         self.renewals += 1
         message = f"Mimi's {self.name} failed ({reason}); renewed it and carried on"
         log.warning(message)

@@ -18,7 +18,7 @@ from .base import CARDINALITY, FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE, check_cod
 from .renewal import RenewingStream
 
 MAX_SEQ_LEN = 8192  # rustymimi's default: 4096 frames (5:27.68)
-RENEW_EVERY = 1500  # frames (2 minutes): the attention caches grow 64 kB a frame each until renewed
+RENEW_EVERY = 1500  # frames served (2 minutes): the attention caches grow 64 kB a frame each until renewed
 PRIME_FRAMES = 130  # 10.4 s: Mimi's transformers attend to the last 10 s
 
 
@@ -63,8 +63,9 @@ class RustyMimi:
         self.num_codebooks = num_codebooks
         self.max_seq_len = max_seq_len
         self.limit = max_seq_len // 2  # frames a tokenizer can take
-        self.renew_every = min(renew_every, self.limit - 1)
-        self.prime_frames = min(prime_frames, self.renew_every)
+        self.prime_frames = prime_frames
+        # A successor needs room to prime and catch up before the old stream reaches the limit.
+        self.renew_every = min(renew_every, (self.limit - prime_frames) // 2)
         if not self.path.is_file():
             raise MoshiError(f"Mimi weights not found: {self.path}")
         self._notices: deque[str] = deque(maxlen=16)
