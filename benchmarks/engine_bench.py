@@ -57,15 +57,26 @@ def print_stages(events: list[FrameEvent]) -> None:
 
 
 def offline(pipeline: Pipeline, frames: int) -> None:
+    """The file loop, stages one after the other and then overlapped, alternately (the machine is noisy)."""
+    from moshi_mlx.filemode import run_frames
+
     pipeline.warmup()
     audio = test_audio(frames)
-    events = []
-    start = time.perf_counter()
-    for t in range(frames):
-        events.append(pipeline.step(audio[t * 1920 : (t + 1) * 1920])[0])
-    elapsed = time.perf_counter() - start
-    print(f"offline, {frames} frames back to back: {frames * 0.08 / elapsed:.2f}x real time")
-    print_stages(events)
+    rtf: dict[bool, list[float]] = {False: [], True: []}
+    events: dict[bool, list[FrameEvent]] = {}
+    for _ in range(2):
+        for overlap in (False, True):
+            start = time.perf_counter()
+            result = run_frames(pipeline, audio, overlap=overlap)
+            rtf[overlap].append((time.perf_counter() - start) / (frames * 0.08))
+            events[overlap] = result.events
+    slowest = {o: np.median([max(e.encode_ms, e.lm_ms, e.decode_ms) for e in events[o][1:]]) for o in rtf}
+    for overlap, name in ((False, "one after the other"), (True, "pipelined")):
+        print(f"offline, {frames} frames back to back, {name}: real-time factor {min(rtf[overlap]):.2f} "
+              f"(frame {min(rtf[overlap]) * 80:.1f} ms; slowest stage {slowest[overlap]:.1f} ms)")
+        print_stages(events[overlap])
+    print(f"pipelined / one after the other: {min(rtf[True]) / min(rtf[False]):.2f}; pipelined frame / its slowest "
+          f"stage: {min(rtf[True]) * 80 / slowest[True]:.2f}")
 
 
 def live(pipeline: Pipeline, seconds: float, virtual: bool) -> None:

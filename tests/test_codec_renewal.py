@@ -14,7 +14,7 @@ from moshi_mlx.config import LmConfig
 from moshi_mlx.filemode import run_frames
 from moshi_mlx.pipeline import Pipeline
 
-PRIME = 130
+PRIME = 250  # the default
 
 
 def speech(tmp_path, frames: int) -> np.ndarray:
@@ -27,32 +27,33 @@ def speech(tmp_path, frames: int) -> np.ndarray:
     return audio + 0.003 * np.random.default_rng(0).standard_normal(len(audio)).astype(np.float32)
 
 
-def stream(codec, audio: np.ndarray, codes_in: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Encode every frame of `audio`, and decode `codes_in` (or the codes just made) frame by frame."""
-    codes, decoded = [], []
-    for t in range(len(audio) // FRAME_SIZE):
-        codes.append(codec.encode(audio[t * FRAME_SIZE : (t + 1) * FRAME_SIZE]))
-        decoded.append(codec.decode(codes[-1] if codes_in is None else codes_in[t]))
-    return np.stack(codes), np.concatenate(decoded)
+def encode_all(codec, audio: np.ndarray) -> np.ndarray:
+    return np.stack([codec.encode(audio[t * FRAME_SIZE : (t + 1) * FRAME_SIZE])
+                     for t in range(len(audio) // FRAME_SIZE)])
+
+
+def decode_all(codec, codes: np.ndarray) -> np.ndarray:
+    return np.concatenate([codec.decode(c) for c in codes])
 
 
 def test_renewed_mimi_matches_an_unrenewed_one(mimi_weights, tmp_path):
-    frames = 420
+    # A limit of 520 frames: each stream serves 135 to 269 frames (then it must have been replaced, or it fails),
+    # so 560 frames cross at least two renewals in each direction, however fast the successors catch up.
+    frames = 560
     audio = speech(tmp_path, frames)
     plain = load_codec(mimi_weights)  # 4096 frames of room: never renewed here
-    # A limit of 340 frames: each direction is renewed every 105 frames served, and must be, or it fails.
-    renewing = load_codec(mimi_weights, max_seq_len=680, renew_every=150, prime_frames=PRIME)
-    assert renewing.limit == 340 and renewing.renew_every == 105
-    with ThreadPoolExecutor(2) as pool:
-        reference = pool.submit(stream, plain, audio)
-        codes_ref, audio_ref = reference.result()
-        codes, decoded = pool.submit(stream, renewing, audio, codes_ref).result()
+    renewing = load_codec(mimi_weights, max_seq_len=1040, prime_frames=PRIME)
+    assert renewing.limit == 520 and renewing.renew_every == 135
+    with ThreadPoolExecutor(2) as pool:  # rustymimi releases the GIL: both codecs at once
+        codes_ref, codes = pool.map(encode_all, (plain, renewing), (audio, audio))
+        audio_ref, decoded = pool.map(decode_all, (plain, renewing), (codes_ref, codes_ref))
     renewing.close()
     assert renewing._encoder.renewals >= 2 and renewing._decoder.renewals >= 2
     assert renewing.notices() == []  # no stream failed: every renewal was in time
-    agreement = np.mean(codes[PRIME:] == codes_ref[PRIME:])
+    # From the first takeover on (the first stream served at least 135 frames).
+    agreement = np.mean(codes[135:] == codes_ref[135:])
     assert agreement >= 0.995, agreement
-    correlation = np.corrcoef(decoded, audio_ref)[0, 1]
+    correlation = np.corrcoef(decoded[135 * FRAME_SIZE :], audio_ref[135 * FRAME_SIZE :])[0, 1]
     assert correlation >= 0.999, correlation
 
 

@@ -19,7 +19,10 @@ from .renewal import RenewingStream
 
 MAX_SEQ_LEN = 8192  # rustymimi's default: 4096 frames (5:27.68)
 RENEW_EVERY = 1500  # frames served (2 minutes): the attention caches grow 64 kB a frame each until renewed
-PRIME_FRAMES = 130  # 10.4 s: Mimi's transformers attend to the last 10 s
+# 20 s: Mimi's transformers attend to the last 10 s, but a key of their layer l was made from the 10 s before it,
+# so a successor converges one window at a time. On speech through random full-size weights, the codes of a
+# successor primed on 130 frames agree with the old stream's on 95 % of the next 100 frames, on 250: 99.9 %.
+PRIME_FRAMES = 250
 
 
 def _first_line(error: BaseException) -> str:
