@@ -59,20 +59,22 @@ class _Ring:
 
     def append(self, x: np.ndarray) -> None:
         size = len(self.data)
+        self.end += len(x)
         x = x[-size:]
-        start = self.end % size
+        start = (self.end - len(x)) % size
         first = min(len(x), size - start)
         self.data[start : start + first] = x[:first]
         self.data[: len(x) - first] = x[first:]
-        self.end += len(x)
 
     def get(self, start: int, stop: int) -> np.ndarray:
         """Samples [start, stop); zeros where the ring does not hold them (not yet, or no longer)."""
         out = np.zeros(stop - start, np.float32)
         lo, hi = max(start, self.end - len(self.data)), min(stop, self.end)
-        if hi > lo:
-            idx = np.arange(lo, hi) % len(self.data)
-            out[lo - start : hi - start] = self.data[idx]
+        size = len(self.data)
+        while lo < hi:  # at most two contiguous pieces
+            stop_here = min(hi, (lo // size + 1) * size)
+            out[lo - start : stop_here - start] = self.data[lo % size : lo % size + stop_here - lo]
+            lo = stop_here
         return out
 
 

@@ -197,3 +197,16 @@ def test_run_simulate_echo_end_to_end(tmp_path, tiny_model, capsys):
     reported = float(report_on.split(" dB removed")[0].rsplit(" ", 1)[1])
     assert reported == pytest.approx(echo_removed_db(echo, on[:, 0], echo, np.zeros_like(echo)), abs=0.2)
     assert "reference lead 40 ms" in report_on
+
+
+def test_ring_keeps_the_last_samples_by_index():
+    for chunks in ([700, 1800], [300, 300, 300, 300, 1], [999, 2, 1500]):
+        ring, data = echo_module._Ring(1000), np.arange(sum(chunks), dtype=np.float32)
+        start = 0
+        for c in chunks:
+            ring.append(data[start : start + c])
+            start += c
+        n = len(data)
+        for a, b in [(n - 1100, n + 100), (n - 900, n), (0, 100), (n - 1001, n - 999), (n - 1, n + 100)]:
+            expected = np.array([data[i] if n - 1000 <= i < n else 0 for i in range(a, b)], np.float32)
+            np.testing.assert_array_equal(ring.get(a, b), expected)
