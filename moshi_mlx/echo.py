@@ -129,6 +129,7 @@ class EchoCanceller:
         self.xcorr_lead_ms: float | None = None  # last confident cross-correlation estimate (raw, no hold-back)
         self.lead_ms: float | None = None  # best estimate of the lead AEC3 sees (after the hold-back)
         self._late_warned = False
+        self._logged_lead = -math.inf
         self.echo_path: bool | None = None  # does the microphone hear Moshi? None until known
         self._unheard = 0
         self._raw_tail = np.zeros(int(round(BYPASS_DELAY_MS * ms)), np.float32)
@@ -293,13 +294,14 @@ class EchoCanceller:
             self._late_warned = True
             log.warning("echo: the reference reaches the canceller %.0f ms after its echo (%s): "
                         "nothing can be cancelled", -lead, source)
-        first = self.lead_ms is None
         self.lead_ms = lead
         if changed:
             log.info("echo: reference leads its echo by %.0f ms (%s): held back %.0f ms, lead now %.0f ms",
                      raw_lead_ms, source, self.hold / ms, lead)
-        elif first:
+            self._logged_lead = lead
+        elif source == "cross-correlation" and abs(lead - self._logged_lead) > 20:
             log.info("echo: reference leads its echo by %.0f ms (%s)", lead, source)
+            self._logged_lead = lead
 
     def _set_hold(self, new: int) -> None:
         """Delay the reference by `new` samples; the count given to AEC3 per frame stays steady (zeros in, or
