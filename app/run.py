@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stereo", action="store_true", help="write the input on the left, Moshi on the right")
     parser.add_argument("--quiet", action="store_true", help="do not print Moshi's words as they come")
     parser.add_argument("--simulate-echo", type=echo_spec, default=None, metavar="DELAY_MS[:GAIN_DB]",
-                        help="play Moshi's voice back into its input that much later and louder (gain -6 dB when "
-                        "not given), then cancel it as `chat` does; --stereo's left channel is what Moshi heard")
+                        help="mix Moshi's voice back into its input DELAY_MS after it played, at GAIN_DB (default "
+                        "-6), then cancel it as `chat` does; --stereo's left channel is what Moshi heard")
     parser.add_argument("--aec", choices=("on", "off"), default="on",
                         help="echo cancellation of --simulate-echo (default on)")
     add_model_args(parser)

@@ -173,6 +173,13 @@ def test_echo_spec():
             parse_echo_spec(bad)
 
 
+def test_bad_simulate_echo_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", str(tmp_path / "in.wav"), "--out", str(tmp_path / "out.wav"), "--simulate-echo", "60:loud"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error:") and "DELAY_MS[:GAIN_DB]" in err and err.count("\n") == 1
+
+
 def test_run_simulate_echo_end_to_end(tmp_path, tiny_model, capsys):
     source = tmp_path / "silence.wav"
     soundfile.write(str(source), np.zeros(4 * SR, np.float32), SR)
