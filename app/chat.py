@@ -14,10 +14,12 @@ from rich.live import Live
 from moshi_mlx import hub
 from moshi_mlx.audio_io import find_device
 from moshi_mlx.engine import Engine, EngineStats
+from moshi_mlx.errors import MoshiError
 from moshi_mlx.pipeline import Pipeline
 from moshi_mlx.recording import WavRecorder
 from moshi_mlx.weights import summarize_quantization
 
+from .failure import Failed
 from .interrupt import interrupt_on_termination
 from .memory import MEMORY_ENV, check_fits, choose_quant
 from .model_args import add_model_args, add_sampling_args, resolve_files
@@ -99,7 +101,7 @@ def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> lis
         f"{stats.underruns} underruns."
     ]
     if args.transcript:
-        lines.append(f"Transcript: {args.transcript} ({len(view.transcript.lines)} lines)")
+        lines.append(f"Transcript: {args.transcript} ({view.transcript.count} lines)")
     if args.record:
         lines.append(f"Recording: {args.record} ({stats.processed * 0.08:.1f} s as Moshi heard it, skips left out; "
                      "stereo: you left, Moshi right)")
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     files = choose_model(args, say)
     transcript = Transcript(args.transcript)
     recorder = WavRecorder(args.record, stereo=True) if args.record else None
+    pipeline: Pipeline | None = None
+    failure: Exception | None = None
     try:
         with nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"):
             pipeline = Pipeline.load(
@@ -138,12 +142,21 @@ def main(argv: list[str] | None = None) -> None:
             output = PlainOutput(view, sys.stdout) if plain else None
             converse(engine, view, output, console)
         finally:
-            stats = engine.stop()  # closes the streams and the recording, even on Ctrl-C or an error
+            try:
+                stats = engine.stop()  # closes the streams and the recording, even on Ctrl-C or an error
+            except (MoshiError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # the conversation failed: what it made is kept, then one line
+                failure, stats = e, engine.stats()
         if output is not None:
             output.finish()
     finally:
         transcript.close()
         if recorder is not None:
             recorder.close()
+        if pipeline is not None:
+            pipeline.close()
     for line in summary(stats, view, args):
         say.print(line)
+    if failure is not None:
+        raise Failed(f"the conversation stopped after {clock(view.elapsed)}", failure) from failure

@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         # `moshi-mlx devices | head`: the reader left; keep Python's exit-time flush from failing too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except Exception as e:  # a bug or a failing library: one line here, the traceback in a log file
+        from .failure import describe
+
+        print(f"error: {describe(name, e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

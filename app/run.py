@@ -9,9 +9,11 @@ from typing import Any
 
 from moshi_mlx.audio_io import read_mono_24k
 from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE
+from moshi_mlx.errors import MoshiError
 from moshi_mlx.filemode import run_file
 from moshi_mlx.pipeline import FrameEvent
 
+from .failure import Failed
 from .interrupt import interrupt_on_termination
 from .model_args import add_model_args, add_sampling_args, load_pipeline
 from .parser import Parser, check_outputs
@@ -48,10 +50,20 @@ def main(argv: list[str] | None = None) -> None:
     def show(event: FrameEvent) -> None:
         nonlocal frames_done, printed
         frames_done = event.index + 1
+        if event.notice:
+            if printed:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            print(f"note: {event.notice}", file=sys.stderr)
         if event.text and not args.quiet:
             sys.stdout.write(event.text if printed else event.text.lstrip())
             sys.stdout.flush()
             printed = True
+
+    def held() -> str:
+        files = [path for path in (args.out, args.transcript) if path]
+        return (f"{' and '.join(files)} {'hold' if len(files) > 1 else 'holds'} the first "
+                f"{frames_done * FRAME_SIZE / SAMPLE_RATE:.1f} s of {len(audio) / SAMPLE_RATE:.1f} s")
 
     start = time.perf_counter()
     try:
@@ -67,16 +79,21 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         if printed:
             sys.stdout.write("\n")
-        files = [path for path in (args.out, args.transcript) if path]
-        print(f"interrupted: {' and '.join(files)} {'hold' if len(files) > 1 else 'holds'} the first "
-              f"{frames_done * FRAME_SIZE / SAMPLE_RATE:.1f} s of {len(audio) / SAMPLE_RATE:.1f} s",
-              file=sys.stderr)
+        print(f"interrupted: {held()}", file=sys.stderr)
         sys.exit(130)
+    except MoshiError:
+        raise
+    except Exception as e:
+        if printed:
+            sys.stdout.write("\n")
+        raise Failed(f"the run stopped at frame {frames_done} ({held()})", e) from e
+    finally:
+        pipeline.close()
     elapsed = time.perf_counter() - start
     if printed:
         sys.stdout.write("\n")
     print(
-        f"wrote {args.out}: {result.seconds:.1f} s, {len(result.events)} frames in {elapsed:.1f} s "
+        f"wrote {args.out}: {result.seconds:.1f} s, {result.frames} frames in {elapsed:.1f} s "
         f"({result.seconds / elapsed:.2f}x real time)",
         file=sys.stderr,
     )

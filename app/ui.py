@@ -59,7 +59,7 @@ class Transcript:
     def __init__(self, path: str | Path | None = None, pause_s: float = 1.0, max_chars: int = 100):
         self.pause_s, self.max_chars = pause_s, max_chars
         self.current: Line | None = None
-        self.lines: list[Line] = []
+        self.count = 0  # lines ended so far (the lines themselves go to the file)
         self._last_word = 0.0
         self._file: IO[str] | None = None
         if path is not None:
@@ -95,7 +95,7 @@ class Transcript:
         line, self.current = self.current, None
         if line is None:
             return None
-        self.lines.append(line)
+        self.count += 1
         if self._file is not None:
             self._file.write(line.format() + "\n")
             self._file.flush()
@@ -117,10 +117,12 @@ class ChatView:
         self.started = time.monotonic()
         self.frames = 0
         self.last: FrameEvent | None = None
-        self._timings: deque[tuple[float, float, float]] = deque(maxlen=TIMING_WINDOW)
+        self._timings: deque[tuple[float, float, float, float]] = deque(maxlen=TIMING_WINDOW)
         # What the live screen shows, oldest first: [kind, value], kind "time", "word", "lag" (seconds), "break".
         self.segments: deque[list[Any]] = deque(maxlen=max_segments)
-        self.finished: deque[Line] = deque()  # lines ended since PlainOutput last looked
+        # Lines ended and notices since PlainOutput last looked (nobody looks on the live screen: bounded).
+        self.finished: deque[Line] = deque(maxlen=256)
+        self.notices: deque[str] = deque(maxlen=16)
         self.skipped_s = 0.0  # input skipped to catch up, not yet reported by PlainOutput
         self._lag_marker: list[Any] | None = None
         self._lag_time = 0.0
@@ -138,7 +140,11 @@ class ChatView:
         with self._lock:
             previous, self.last = self.last, event
             self.frames += 1
-            self._timings.append((event.encode_ms, event.lm_ms, event.decode_ms))
+            self._timings.append((event.encode_ms, event.lm_ms, event.decode_ms, event.frame_ms))
+            if event.notice:
+                self.notices.append(event.notice)
+                self.segments.append(["note", event.notice])
+                self.segments.append(["break", ""])
             newly_dropped = event.dropped - (previous.dropped if previous else 0)
             if newly_dropped > 0:
                 self._lag(newly_dropped * FRAME_S)
@@ -178,19 +184,19 @@ class ChatView:
             self.segments.append(self._lag_marker)
         self._lag_time = now
 
-    def timings(self) -> tuple[float, float, float]:
-        """Mean encode, LM and decode ms over the last second."""
+    def timings(self) -> tuple[float, float, float, float]:
+        """Mean encode, LM and decode ms over the last second, and what a frame cost the loop (their sum, or the
+        slowest when the stages overlap)."""
         with self._lock:
             rows = list(self._timings)
         if not rows:
-            return 0.0, 0.0, 0.0
-        encode, lm, decode = (sum(col) / len(rows) for col in zip(*rows, strict=True))
-        return encode, lm, decode
+            return 0.0, 0.0, 0.0, 0.0
+        encode, lm, decode, frame = (sum(col) / len(rows) for col in zip(*rows, strict=True))
+        return encode, lm, decode, frame
 
     def status_fields(self) -> list[tuple[str, str]]:
         """(text, style) pieces of the status line."""
-        encode, lm, decode = self.timings()
-        frame = encode + lm + decode
+        encode, lm, decode, frame = self.timings()
         rtf = frame / (FRAME_S * 1000)
         last = self.last
         backlog, dropped, underruns = (last.backlog, last.dropped, last.underruns) if last else (0, 0, 0)
@@ -219,6 +225,8 @@ class ChatView:
                 words.append(f"{value} ", style="dim")
             elif kind == "lag":
                 words.append(f" lag: skipped {value:.2f} s ", style="black on yellow")
+            elif kind == "note":
+                words.append(f" {value} ", style="black on cyan")
             elif kind == "break":
                 words.append("\n")
             else:
@@ -279,16 +287,20 @@ class PlainOutput:
         with view._lock:
             lines = list(view.finished)
             view.finished.clear()
+            notices = list(view.notices)
+            view.notices.clear()
             skipped, view.skipped_s = view.skipped_s, 0.0
         for line in lines:
             self._print(line.format())
+        for notice in notices:
+            self._print(f"[{clock(view.elapsed)}] note: {notice}")
         self._skipped += skipped
         if self._skipped and view.elapsed >= self._next_lag:
             self._next_lag = view.elapsed + self.lag_every_s
-            encode, lm, decode = view.timings()
+            frame = view.timings()[3]
             self._print(
                 f"[{clock(view.elapsed)}] lag: skipped {self._skipped:.2f} s of your audio to keep up "
-                f"(frame {encode + lm + decode:.0f} ms > 80 ms)"
+                f"(frame {frame:.0f} ms > 80 ms)"
             )
             self._skipped = 0.0
         if view.elapsed >= self._next_status:

@@ -1,8 +1,12 @@
 """The live conversation: microphone -> Moshi -> speaker, one 80 ms frame at a time.
 
-Two sounddevice callbacks only move numpy blocks through queues (no waiting, no MLX, one small copy); one
-inference thread runs the pipeline. Lag policy: when more than `max_backlog` input frames wait, the oldest are
-dropped (and counted); when Moshi's audio is late, the speaker plays silence (an underrun, counted).
+A frame's story: the input callback queues the microphone's block; the encoder stage takes the newest blocks
+(the lag policy), resamples them to 24 kHz frames and has Mimi encode one; the inference thread runs Moshi's
+step on it; the decoder stage has Mimi decode Moshi's frame and queues it for the output callback, which plays it.
+The three stages overlap (`stages.run_stages`): while Moshi thinks about frame t, frame t+1 is encoded and frame
+t-1 decoded. The callbacks only move numpy blocks (no waiting, no MLX, one small copy). Lag policy: when more than
+`max_backlog` input frames wait, the oldest are dropped (and counted); when Moshi's audio is late, the speaker plays
+silence (an underrun, counted). Stopping plays out what Moshi already said, up to `PLAYOUT_S`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +27,12 @@ from mlx_lm.generate import wired_limit
 from .audio_io import Chunker, StreamResampler, StreamSettings, downmix, find_device, sounddevice, stream_settings
 from .errors import MoshiError
 from .pipeline import FrameEvent, Pipeline
+from .stages import run_stages
 
 FRAME_MS = 80.0
 TIMES_KEPT = 4096  # callback timestamps kept for the stats (about 5 minutes)
+MIC_BLOCKS_KEPT = 64  # input blocks held while the loop is stalled (about 5 s); older ones are dropped
+PLAYOUT_S = 0.5  # on stop, Moshi's queued audio is played for up to this long
 
 
 @dataclass
@@ -37,6 +44,7 @@ class EngineStats:
     received: int = 0  # input blocks delivered by the input callback
     processed: int = 0  # frames run through the model
     dropped: int = 0  # input frames dropped by the lag policy (and those left unprocessed at stop)
+    stalled_dropped: int = 0  # of those, dropped by the input callback while the loop was stalled
     underruns: int = 0  # output blocks played as silence after Moshi started speaking
     output_dropped: int = 0  # Moshi blocks discarded because the speaker queue was over its bound
     played: int = 0  # Moshi blocks handed to the speaker
@@ -86,7 +94,7 @@ class Engine:
         self.samplerate = samplerate
         self.error: BaseException | None = None
         self._stats = EngineStats()
-        self._mic: queue.Queue[np.ndarray] = queue.Queue()
+        self._mic: queue.Queue[np.ndarray] = queue.Queue(maxsize=MIC_BLOCKS_KEPT)
         self._speaker: deque[np.ndarray] = deque()
         self._in_times: deque[float] = deque(maxlen=TIMES_KEPT)
         self._out_times: deque[float] = deque(maxlen=TIMES_KEPT)
@@ -109,7 +117,14 @@ class Engine:
         self._in_times.append(start)
         if status.input_overflow:
             self._stats.input_overflows += 1
-        self._mic.put_nowait(indata.copy())
+        block = indata.copy()
+        try:
+            self._mic.put_nowait(block)
+        except queue.Full:  # the loop is stalled: keep the newest audio
+            with contextlib.suppress(queue.Empty):
+                self._mic.get_nowait()
+                self._stats.stalled_dropped += 1
+            self._mic.put_nowait(block)
         self._stats.received += 1
         self._stats.callback_max_ms = max(self._stats.callback_max_ms, (time.monotonic() - start) * 1000)
 
@@ -175,24 +190,29 @@ class Engine:
             return
         finally:
             self._ready.set()
-        settings_in, settings_out = self._stats.input, self._stats.output
-        assert settings_in is not None and settings_out is not None
-        frame_size = self.pipeline.frame_size
-        to_model = StreamResampler(settings_in.samplerate, self.pipeline.sample_rate)
-        to_speaker = StreamResampler(self.pipeline.sample_rate, settings_out.samplerate)
-        frames, blocks = Chunker(frame_size), Chunker(settings_out.blocksize)
+        settings_out = self._stats.output
+        assert settings_out is not None
+        self._to_speaker = StreamResampler(self.pipeline.sample_rate, settings_out.samplerate)
+        self._blocks = Chunker(settings_out.blocksize)
         try:
-            while (block := self._next_block()) is not None:
-                for frame in frames(to_model(downmix(block))):
-                    self._process(frame, to_speaker, blocks)
+            run_stages(self.pipeline, self._microphone_frames(), self._deliver, stop=self._stop)
         except BaseException as e:  # reported by stop(); the UI sees `running` turn False
             self.error = e
 
-    def _process(self, frame: np.ndarray, to_speaker: StreamResampler, blocks: Chunker) -> None:
-        event, pcm = self.pipeline.step(frame)
+    def _microphone_frames(self) -> Iterator[np.ndarray]:
+        """The microphone as 24 kHz frames, after the lag policy; ends when the engine stops (encoder stage)."""
+        settings_in = self._stats.input
+        assert settings_in is not None
+        to_model = StreamResampler(settings_in.samplerate, self.pipeline.sample_rate)
+        frames = Chunker(self.pipeline.frame_size)
+        while (block := self._next_block()) is not None:
+            yield from frames(to_model(downmix(block)))
+
+    def _deliver(self, event: FrameEvent, frame: np.ndarray, pcm: np.ndarray | None) -> None:
+        """Moshi's frame to the speaker queue, the frame to the recording and transcript, the event to the UI."""
         self._stats.processed += 1
         if pcm is not None:
-            for out in blocks(to_speaker(pcm)):
+            for out in self._blocks(self._to_speaker(pcm)):
                 self._speaker.append(out)
                 self._speaking = True
             while len(self._speaker) > self.max_output_backlog:
@@ -204,7 +224,8 @@ class Engine:
             self.transcript.write(event.text)
         self.on_event(
             dataclasses.replace(
-                event, backlog=self._backlog, dropped=self._stats.dropped, underruns=self._stats.underruns
+                event, backlog=self._backlog, dropped=self._stats.dropped + self._stats.stalled_dropped,
+                underruns=self._stats.underruns,
             )
         )
 
@@ -251,8 +272,11 @@ class Engine:
         finally:
             self._stop.set()
             if self._thread is not None:
-                self._thread.join()
+                self._thread.join()  # the frames already taken go through to the speaker queue
             if self._output_stream is not None:
+                deadline = time.monotonic() + PLAYOUT_S
+                while self._speaker and self._output_stream.active and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 self._output_stream.stop()  # plays what PortAudio already holds (two blocks at most)
                 self._output_stream.close()
             self._input_stream = self._output_stream = None
@@ -280,7 +304,10 @@ class Engine:
         return self.stats()
 
     def stats(self) -> EngineStats:
-        return dataclasses.replace(self._stats, input_times=list(self._in_times), output_times=list(self._out_times))
+        return dataclasses.replace(
+            self._stats, dropped=self._stats.dropped + self._stats.stalled_dropped,
+            input_times=list(self._in_times), output_times=list(self._out_times),
+        )
 
     def __enter__(self) -> Engine:
         return self.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +13,23 @@ from .audio_io import read_mono_24k
 from .codec import SAMPLE_RATE
 from .pipeline import FrameEvent, Pipeline
 from .recording import TranscriptWriter, WavRecorder
+from .stages import run_stages
 
 
 @dataclass
 class FileResult:
-    """Moshi's voice (24 kHz, one frame per input frame, silent at step 0), its text and the per-frame events."""
+    """Moshi's voice (24 kHz, one frame per input frame, silent at step 0), its text and the per-frame events.
 
-    moshi: np.ndarray
+    `moshi` and `events` are kept only when asked (`run_frames(..., keep=True)`); a long file run writes them out
+    as it goes instead, so its memory does not grow with the file.
+    """
+
     user: np.ndarray  # the input as Moshi heard it: mono, 24 kHz, padded to whole frames
     text: str
     text_tokens: list[int]
-    events: list[FrameEvent]
+    frames: int
+    moshi: np.ndarray | None = None
+    events: list[FrameEvent] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -36,31 +42,47 @@ def run_frames(
     on_event: Callable[[FrameEvent], None] | None = None,
     recorder: WavRecorder | None = None,
     transcript: TranscriptWriter | None = None,
+    keep: bool = True,
+    overlap: bool | None = None,
 ) -> FileResult:
-    """Run mono 24 kHz float32 audio through a fresh pipeline, zero-padded to whole 80 ms frames."""
+    """Run mono 24 kHz float32 audio through a fresh pipeline, zero-padded to whole 80 ms frames.
+
+    The stages overlap (`stages.run_stages`) when the codec allows, unless `overlap` is False; the output is the
+    same either way: Moshi's frame produced at step t is placed at frame t.
+    """
     if pipeline.gen.step_index > 0:
         pipeline.reset()
     size = pipeline.frame_size
     count = max(1, -(-len(audio) // size))
     user = np.zeros(count * size, np.float32)
     user[: len(audio)] = audio
-    moshi = np.zeros_like(user)
-    events, tokens, text = [], [], ""
-    for t in range(count):
-        frame = user[t * size : (t + 1) * size]
-        event, pcm = pipeline.step(frame)
-        if pcm is not None:
+    moshi = np.zeros_like(user) if keep else None
+    events: list[FrameEvent] = []
+    tokens: list[int] = []
+    text: list[str] = []
+    done = 0
+
+    def sink(event: FrameEvent, frame: np.ndarray, pcm: np.ndarray | None) -> None:
+        nonlocal done
+        t = event.index
+        done += 1
+        if moshi is not None and pcm is not None:
             moshi[t * size : (t + 1) * size] = pcm
         if recorder is not None:
             recorder.write(frame, pcm)
         if transcript is not None:
             transcript.write(event.text)
-        events.append(event)
-        tokens.append(event.text_token)
-        text += event.text or ""
+        if keep:
+            events.append(event)
+            tokens.append(event.text_token)
+            text.append(event.text or "")
         if on_event is not None:
             on_event(event)
-    return FileResult(moshi=moshi, user=user, text=text.strip(), text_tokens=tokens, events=events)
+
+    frames = (user[t * size : (t + 1) * size] for t in range(count))
+    run_stages(pipeline, frames, sink, overlap=overlap)
+    return FileResult(user=user, text="".join(text).strip(), text_tokens=tokens, frames=done, moshi=moshi,
+                      events=events)
 
 
 def run_file(
@@ -82,4 +104,4 @@ def run_file(
         if transcript_path is not None:
             transcript = TranscriptWriter(transcript_path)
             files.callback(transcript.close)
-        return run_frames(pipeline, audio, on_event, recorder, transcript)
+        return run_frames(pipeline, audio, on_event, recorder, transcript, keep=False)

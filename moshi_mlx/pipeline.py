@@ -12,7 +12,7 @@ import numpy as np
 
 from .codec import Codec, load_codec
 from .errors import MoshiError
-from .generate import LmGen
+from .generate import LmGen, StepOutput
 from .text import text_piece
 from .weights import load_lm
 
@@ -36,10 +36,29 @@ class FrameEvent:
     backlog: int = 0  # input frames still waiting after this one
     dropped: int = 0  # input frames dropped by the lag policy so far
     underruns: int = 0  # output blocks played as silence because Moshi's audio was late, so far
+    overlapped: bool = False  # the stages ran at the same time as other frames' (the pipelined loop)
+    notice: str | None = None  # a line for the user (e.g. the codec failed and was renewed)
 
     @property
     def total_ms(self) -> float:
         return self.encode_ms + self.lm_ms + self.decode_ms
+
+    @property
+    def frame_ms(self) -> float:
+        """What the frame cost the loop: its slowest stage when stages overlap, else their sum."""
+        return max(self.encode_ms, self.lm_ms, self.decode_ms) if self.overlapped else self.total_ms
+
+
+@dataclass
+class Frame:
+    """One frame on its way through the stages: the user's samples, then their codes, Moshi's step, its voice."""
+
+    user: np.ndarray
+    codes: np.ndarray | None = None
+    encode_ms: float = 0.0
+    out: StepOutput | None = None
+    index: int = -1
+    lm_ms: float = 0.0
 
 
 def rms(x: np.ndarray) -> float:
@@ -89,9 +108,10 @@ class Pipeline:
         top_k: int = 250,
         top_k_text: int = 25,
         dtype: mx.Dtype = mx.bfloat16,
+        codec_options: dict[str, Any] | None = None,
     ) -> Pipeline:
         """Load Moshi, Mimi and the text tokenizer (e.g. the paths of `moshi_mlx.hub.resolve_files`)."""
-        codec = load_codec(mimi_weights)
+        codec = load_codec(mimi_weights, **(codec_options or {}))
         text_tokenizer = load_text_tokenizer(tokenizer) if tokenizer is not None else None
         lm = load_lm(moshi_weights, config, dtype=dtype)
         gen = LmGen(lm, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text, seed=seed)
@@ -100,26 +120,55 @@ class Pipeline:
     def text(self, token: int) -> str | None:
         return text_piece(self.tokenizer, token) if self.tokenizer is not None else None
 
-    def step(self, frame: np.ndarray) -> tuple[FrameEvent, np.ndarray | None]:
-        """The user's frame (float32 `[1920]` at 24 kHz) -> the event and Moshi's frame (None at step 0)."""
+    # The three stages of a frame. `encode` and `decode` may run on worker threads when the codec allows it
+    # (`codec.runs_off_thread`); `think` runs MLX, so always on the inference thread.
+
+    def encode(self, frame: Frame) -> Frame:
         t0 = time.perf_counter()
-        codes = self.codec.encode(frame)
-        t1 = time.perf_counter()
-        out = self.gen.step(codes)
-        t2 = time.perf_counter()
-        pcm = self.codec.decode(out.audio_codes) if out.audio_codes is not None else None
-        t3 = time.perf_counter()
+        frame.codes = self.codec.encode(frame.user)
+        frame.encode_ms = (time.perf_counter() - t0) * 1000
+        return frame
+
+    def think(self, frame: Frame) -> Frame:
+        assert frame.codes is not None, "encode the frame first"
+        t0 = time.perf_counter()
+        frame.out = self.gen.step(frame.codes)
+        frame.lm_ms = (time.perf_counter() - t0) * 1000
+        frame.index = self.gen.step_index - 1
+        return frame
+
+    def speak(self, frame: Frame, overlapped: bool = False) -> tuple[FrameEvent, np.ndarray | None]:
+        """Decode Moshi's audio of the frame (None at step 0): the frame's event and Moshi's samples."""
+        assert frame.out is not None, "think first"
+        t0 = time.perf_counter()
+        codes = frame.out.audio_codes
+        pcm = self.codec.decode(codes) if codes is not None else None
+        decode_ms = (time.perf_counter() - t0) * 1000 if pcm is not None else 0.0
+        notices = self.codec.notices()
         event = FrameEvent(
-            index=self.gen.step_index - 1,
-            text_token=out.text_token,
-            text=self.text(out.text_token),
-            encode_ms=(t1 - t0) * 1000,
-            lm_ms=(t2 - t1) * 1000,
-            decode_ms=(t3 - t2) * 1000 if pcm is not None else 0.0,
-            input_level=rms(frame),
+            index=frame.index,
+            text_token=frame.out.text_token,
+            text=self.text(frame.out.text_token),
+            encode_ms=frame.encode_ms,
+            lm_ms=frame.lm_ms,
+            decode_ms=decode_ms,
+            input_level=rms(frame.user),
             output_level=rms(pcm) if pcm is not None else 0.0,
+            overlapped=overlapped,
+            notice="; ".join(notices) if notices else None,
         )
         return event, pcm
+
+    def step(self, frame: np.ndarray) -> tuple[FrameEvent, np.ndarray | None]:
+        """The user's frame (float32 `[1920]` at 24 kHz) -> the event and Moshi's frame (None at step 0).
+
+        The three stages one after the other on the caller's thread; `stages.run_stages` overlaps them.
+        """
+        return self.speak(self.think(self.encode(Frame(frame))))
+
+    def close(self) -> None:
+        """Release the codec (its threads and memory)."""
+        self.codec.close()
 
     def reset(self) -> None:
         """A new conversation: fresh codec state and LM caches (and the seed, when one was given)."""

@@ -65,14 +65,14 @@ class TranscriptWriter:
             self._file = open(self.path, "w", encoding="utf-8")
         except OSError as e:
             raise MoshiError(f"cannot write {self.path}: {e.strerror}") from None
-        self.text = ""
+        self.chars = 0  # written so far (the text itself lives in the file only)
 
     def write(self, piece: str | None) -> None:
         if not piece:
             return
-        if not self.text:
+        if not self.chars:
             piece = piece.lstrip()  # a first word's piece starts with the word separator
-        self.text += piece
+        self.chars += len(piece)
         self._file.write(piece)
         self._file.flush()
 

@@ -36,6 +36,10 @@ class Codec(Protocol):
         """Forget the stream: the next frame starts a new conversation."""
         ...
 
+    def notices(self) -> list[str]:
+        """One-line messages for the user since the last call (e.g. a stream that failed and was renewed)."""
+        ...
+
     def close(self) -> None:
         """Release worker threads and memory; the codec is not used afterwards."""
         ...

@@ -1,0 +1,164 @@
+"""Codec renewal: a streaming codec with a position limit replaced, before it reaches it, by a primed successor.
+
+Mimi's transformers attend to the last 250 steps (10 s) and their rotary positions are relative, so a fresh stream
+fed the last `prime_frames` inputs of the old one carries on where the old one is, up to rounding. The successor
+is loaded and primed on a thread of its own while the old stream keeps working; it then follows the new inputs
+until it has caught up, and takes over at a frame boundary. A stream that fails is replaced at once, primed the
+same way, and the frame retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+Step = Callable[[In], Out]
+
+log = logging.getLogger(__name__)
+
+
+class RenewingStream(Generic[In, Out]):
+    """One direction of a streaming codec (the encoder or the decoder), renewed every `renew_every` frames.
+
+    `start()` makes a fresh stream: a function taking one frame's input to its output. `limit` is the number of
+    frames a stream can take, priming included; a renewal starts once the stream has served `renew_every` frames,
+    and if the successor has not caught up when the old stream reaches `limit`, the caller waits for it (a slow
+    machine; logged). `blend(old, new)` joins the two outputs of the
+    frame where the successor takes over (e.g. a crossfade of decoded audio); by default the successor's is used.
+    `notify` gets one line when a failed stream had to be replaced.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], Step],
+        limit: int,
+        renew_every: int,
+        prime_frames: int = 130,
+        blend: Callable[[Out, Out], Out] | None = None,
+        notify: Callable[[str], None] | None = None,
+    ):
+        if not (0 < prime_frames <= renew_every and prime_frames + renew_every < limit):
+            raise ValueError(f"need 0 < prime_frames ({prime_frames}) <= renew_every ({renew_every}) and "
+                             f"prime_frames + renew_every < limit ({limit})")
+        self.name, self.limit, self.renew_every, self.prime_frames = name, limit, renew_every, prime_frames
+        self._start, self._blend, self._notify = start, blend, notify
+        self._step: Step = start()
+        self._position = 0  # frames the current stream has taken
+        self._served = 0  # of those, frames whose output was used
+        self._history: deque[In] = deque(maxlen=prime_frames)
+        self._lock = threading.Lock()
+        self._primer: threading.Thread | None = None
+        self._pending: deque[In] = deque()  # inputs the successor still has to take
+        self._successor: tuple[Step, int] | None = None  # (stream, its position) once caught up
+        self._primer_error: BaseException | None = None
+        self.renewals = 0
+        self.waited_s = 0.0  # time the caller spent waiting for a successor that was late
+
+    def __call__(self, x: In) -> Out:
+        # A successor that spent long catching up starts with less room: renew it early enough too.
+        due = self._served >= self.renew_every or self._position + self.renew_every >= self.limit
+        if self._primer is None and due:
+            self._begin_renewal()
+        if self._primer is not None and self._position >= self.limit - 1:
+            self._wait_for_successor()
+        with self._lock:
+            successor, self._successor = self._successor, None
+            if successor is None and self._primer is not None:
+                self._pending.append(x)
+        try:
+            if successor is not None:
+                out = self._take_over(successor, x)
+            else:
+                out = self._step(x)
+                self._position += 1
+                self._served += 1
+        except Exception as e:
+            out = self._recover(x, e)
+        self._history.append(x)
+        return out
+
+    def _begin_renewal(self) -> None:
+        snapshot = list(self._history)
+        self._primer_error = None
+        self._primer = threading.Thread(
+            target=self._prime, args=(snapshot,), name=f"mimi-{self.name}-renewal"
+        )  # not a daemon: killing it inside the codec's native code at exit would abort the process
+        self._primer.start()
+
+    def _prime(self, snapshot: list[In]) -> None:
+        try:
+            step = self._start()
+            for x in snapshot:
+                step(x)
+            position = len(snapshot)
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        self._successor = (step, position)
+                        return
+                    x = self._pending.popleft()
+                step(x)
+                position += 1
+        except BaseException as e:  # the caller replaces the stream itself
+            self._primer_error = e
+            with self._lock:
+                self._pending.clear()
+
+    def _wait_for_successor(self) -> None:
+        start = time.perf_counter()
+        assert self._primer is not None
+        self._primer.join()
+        waited = time.perf_counter() - start
+        self.waited_s += waited
+        log.info("Mimi %s: waited %.2f s for its successor at frame %d", self.name, waited, self._position)
+        if self._primer_error is not None:
+            error, self._primer = self._primer_error, None
+            raise RuntimeError(f"could not renew Mimi's {self.name}: {error}") from error
+
+    def _take_over(self, successor: tuple[Step, int], x: In) -> Out:
+        step, position = successor
+        new = step(x)
+        out = new
+        if self._blend is not None:
+            try:
+                out = self._blend(self._step(x), new)
+            except Exception:  # the old stream is past its best: the successor alone
+                out = new
+        self._step, self._position, self._served, self._primer = step, position + 1, 1, None
+        self.renewals += 1
+        log.debug("Mimi %s renewed (%d so far)", self.name, self.renewals)
+        return out
+
+    def _recover(self, x: In, error: Exception) -> Out:
+        """Replace a stream that failed: a fresh one primed on the history, then the frame again."""
+        if self._primer is not None:
+            self._primer.join()
+            self._primer = None
+        with self._lock:
+            self._successor = None
+            self._pending.clear()
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        step = self._start()
+        for h in self._history:
+            step(h)
+        out = step(x)
+        self._step, self._position, self._served = step, len(self._history) + 1, 1
+        self.renewals += 1
+        message = f"Mimi's {self.name} failed ({reason}); renewed it and carried on"
+        log.warning(message)
+        if self._notify is not None:
+            self._notify(message)
+        return out
+
+    def close(self) -> None:
+        """Let a renewal in progress finish (its thread holds the codec's weights)."""
+        if self._primer is not None:
+            self._primer.join()
+            self._primer = None

@@ -1,0 +1,150 @@
+"""The pipelined frame loop: Mimi's encoder, the LM and Mimi's decoder work on three frames at once.
+
+While the LM runs frame t on the calling (inference) thread, a worker encodes frame t+1 and another decodes frame
+t-1, so a frame costs its slowest stage instead of their sum. Each stage takes a frame as soon as the one before
+hands it over and the next has room, so a frame waits at most one frame behind a busy stage. Codecs that run MLX
+(`runs_off_thread` False) keep the three stages on the calling thread, one after the other.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from .pipeline import Frame, FrameEvent, Pipeline
+
+Sink = Callable[[FrameEvent, np.ndarray, "np.ndarray | None"], None]
+_END = None  # what a stage passes on after the last frame (or after an error)
+_POLL_S = 0.05
+
+
+class _Stopped(Exception):
+    """Another stage failed: this one leaves quietly."""
+
+
+def run_stages(
+    pipeline: Pipeline,
+    frames: Iterable[np.ndarray],
+    sink: Sink,
+    overlap: bool | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run every frame of `frames` through the pipeline; `sink(event, user_frame, moshi_pcm)` gets them in order.
+
+    `frames` is iterated on the encoder's thread (it may block, e.g. on a microphone; it ends the loop by ending,
+    and should end once `stop` is set). `sink` runs on the decoder's thread. Returns once every frame taken has
+    reached the sink; an error in any stage (`frames` and `sink` included) sets `stop`, stops the other stages and
+    is raised here.
+    """
+    if overlap is None:
+        overlap = pipeline.codec.runs_off_thread
+    if not overlap:
+        for user in frames:
+            event, pcm = pipeline.step(user)
+            sink(event, user, pcm)
+        return
+    _Overlapped(pipeline, frames, sink, stop).run()
+
+
+class _Overlapped:
+    def __init__(self, pipeline: Pipeline, frames: Iterable[np.ndarray], sink: Sink, stop: threading.Event | None):
+        self.pipeline, self.frames, self.sink, self.stop = pipeline, frames, sink, stop
+        self.encoded: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
+        self.thought: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
+        # The encoder starts frame t+1 only once the LM has taken frame t: one frame ahead, no more.
+        self.room = threading.Semaphore(1)
+        self.failed = threading.Event()
+        self.error: BaseException | None = None
+        self._error_lock = threading.Lock()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._error_lock:
+            if self.error is None:
+                self.error = error
+        self.failed.set()
+        if self.stop is not None:
+            self.stop.set()
+
+    def _put(self, q: queue.Queue[Frame | None], item: Frame | None) -> None:
+        while True:
+            if self.failed.is_set() and item is not _END:
+                raise _Stopped
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self.failed.is_set():
+                    raise _Stopped from None
+
+    def _get(self, q: queue.Queue[Frame | None]) -> Frame | None:
+        while True:
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self.failed.is_set():
+                    return _END
+
+    def _acquire_room(self) -> None:
+        while not self.room.acquire(timeout=_POLL_S):
+            if self.failed.is_set():
+                raise _Stopped
+
+    def _encoder(self) -> None:
+        try:
+            frames = iter(self.frames)
+            while True:
+                self._acquire_room()
+                user = next(frames, None)
+                if user is None:
+                    break
+                self._put(self.encoded, self.pipeline.encode(Frame(user)))
+        except _Stopped:
+            pass
+        except BaseException as e:
+            self._fail(e)
+        finally:
+            self._put_end(self.encoded)
+
+    def _decoder(self) -> None:
+        try:
+            while (frame := self._get(self.thought)) is not _END:
+                event, pcm = self.pipeline.speak(frame, overlapped=True)
+                self.sink(event, frame.user, pcm)
+        except BaseException as e:
+            self._fail(e)
+
+    def _put_end(self, q: queue.Queue[Frame | None]) -> None:
+        # The end marker must get through even past a full queue whose reader has stopped.
+        while True:
+            try:
+                q.put(_END, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self.failed.is_set():
+                    return
+
+    def run(self) -> None:
+        workers = [
+            threading.Thread(target=self._encoder, name="moshi-encoder", daemon=True),
+            threading.Thread(target=self._decoder, name="moshi-decoder", daemon=True),
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            while (frame := self._get(self.encoded)) is not _END:
+                self.room.release()
+                self._put(self.thought, self.pipeline.think(frame))
+        except _Stopped:
+            pass
+        except BaseException as e:
+            self._fail(e)
+        finally:
+            self._put_end(self.thought)
+            self.room.release()
+            for worker in workers:
+                worker.join()
+        if self.error is not None:
+            raise self.error

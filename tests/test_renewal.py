@@ -1,0 +1,127 @@
+"""Codec renewal: a stream with a position limit replaced by a primed successor before it reaches it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from moshi_mlx.codec.renewal import RenewingStream
+
+
+class WindowedStream:
+    """A stand-in for one direction of Mimi: its output depends on its last `window` inputs (like an attention
+    window), and it refuses to take more than `limit` frames (like rustymimi's rotary table)."""
+
+    made: list[WindowedStream] = []
+
+    def __init__(self, window: int, limit: int, delay_s: float = 0.0, fail_at: int | None = None):
+        self.window, self.limit, self.delay_s, self.fail_at = window, limit, delay_s, fail_at
+        self.seen: list[int] = []
+        self.thread_names: set[str] = set()
+        WindowedStream.made.append(self)
+
+    def __call__(self, x: int) -> int:
+        self.thread_names.add(threading.current_thread().name)
+        if len(self.seen) >= self.limit:
+            raise ValueError("narrow invalid args start + len > dim_len: [8, 32]\n   0: candle_core::error")
+        if self.fail_at is not None and len(self.seen) == self.fail_at:
+            self.fail_at = None
+            raise RuntimeError("the stream broke")
+        time.sleep(self.delay_s)
+        self.seen.append(x)
+        recent = self.seen[-self.window :]
+        return sum((i + 1) * v for i, v in enumerate(recent))
+
+
+def reference(inputs: list[int], window: int) -> list[int]:
+    stream = WindowedStream(window, limit=len(inputs))
+    return [stream(x) for x in inputs]
+
+
+@pytest.fixture(autouse=True)
+def forget_streams():
+    WindowedStream.made.clear()
+    yield
+
+
+def test_outputs_carry_on_across_renewals_and_past_the_limit():
+    inputs = list(range(1, 1001))
+    renewing = RenewingStream("encoder", lambda: WindowedStream(window=8, limit=100), limit=100, renew_every=30,
+                              prime_frames=10)
+    outputs = [renewing(x) for x in inputs]
+    renewing.close()
+    assert outputs == reference(inputs, window=8)  # the window fits in the priming: exact
+    # A stream takes at most 100 frames, priming included; one may still be priming at the end.
+    assert renewing.renewals >= 1000 // 100 and len(WindowedStream.made) - 2 in (renewing.renewals,
+                                                                                  renewing.renewals + 1)
+    assert all(len(stream.seen) <= 100 for stream in WindowedStream.made[:-1])  # the last: the reference
+    # Successors were primed on their own thread, never on the caller's.
+    primed = [s for s in WindowedStream.made[1:-1] if s.thread_names]
+    assert primed and all("mimi-encoder-renewal" in s.thread_names for s in primed), [s.thread_names for s in primed]
+
+
+def test_a_slow_successor_is_waited_for_at_the_limit():
+    made = []
+
+    def start():
+        made.append(1)
+        return WindowedStream(window=4, limit=40, delay_s=0.002 if len(made) > 1 else 0.0)
+
+    renewing = RenewingStream("decoder", start, limit=40, renew_every=20, prime_frames=15)
+    inputs = list(range(200))
+    outputs = [renewing(x) for x in inputs]
+    renewing.close()
+    assert outputs == reference(inputs, window=4)
+    assert renewing.renewals >= 3
+
+
+def test_a_failed_stream_is_renewed_on_the_spot_and_the_frame_retried():
+    notices = []
+    first = [True]
+
+    def start():
+        fail_at = 50 if first[0] else None
+        first[0] = False
+        return WindowedStream(window=5, limit=10_000, fail_at=fail_at)
+
+    renewing = RenewingStream("encoder", start, limit=10_000, renew_every=5000, prime_frames=20,
+                              notify=notices.append)
+    inputs = list(range(120))
+    outputs = [renewing(x) for x in inputs]
+    assert outputs == reference(inputs, window=5)
+    assert renewing.renewals == 1
+    assert notices == ["Mimi's encoder failed (the stream broke); renewed it and carried on"]
+
+
+def test_blend_joins_the_old_and_new_outputs_at_the_takeover():
+    blended = []
+
+    def blend(old, new):
+        blended.append((old, new))
+        return new
+
+    renewing = RenewingStream("decoder", lambda: WindowedStream(window=3, limit=60), limit=60, renew_every=20,
+                              prime_frames=5, blend=blend)
+    for x in range(100):
+        renewing(x)
+    renewing.close()
+    assert len(blended) == renewing.renewals >= 2
+    assert all(old == new for old, new in blended)  # both streams agree where the window fits the priming
+
+
+def test_settings_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="prime_frames"):
+        RenewingStream("encoder", lambda: WindowedStream(3, 10), limit=100, renew_every=10, prime_frames=20)
+    with pytest.raises(ValueError, match="limit"):
+        RenewingStream("encoder", lambda: WindowedStream(3, 10), limit=100, renew_every=80, prime_frames=30)
+
+
+def test_crossfade_goes_from_old_to_new():
+    from moshi_mlx.codec.rustymimi_backend import crossfade
+
+    old, new = np.ones(1920, np.float32), np.zeros(1920, np.float32)
+    out = crossfade(old, new)
+    assert out[0] == 1.0 and out[-1] == 0.0 and np.all(np.diff(out) <= 0) and out.dtype == np.float32
