@@ -117,7 +117,7 @@ def echo_report(spec: tuple[float, float], result: Any) -> str:
         return line + "no 0.5 s window where the echo outweighed the input, nothing to measure"
     line += f"{result.echo_removed_db:.1f} dB removed (median over the 0.5 s windows where it outweighed the input)"
     if result.lead_ms is not None:
-        held = f", held back {result.hold_ms:.0f} ms" if result.hold_ms else ""
-        line += f"; reference lead {result.lead_ms:.0f} ms{held}"
+        back = f", held back {result.hold_ms:.0f} ms" if result.hold_ms else ""
+        line += f"; reference lead {result.lead_ms:.0f} ms{back}"
     return line
 

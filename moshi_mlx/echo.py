@@ -335,6 +335,35 @@ class EchoCanceller:
         return self.cost_s * 1000 / self.frames if self.frames else 0.0
 
 
+class CleanedMicrophone:
+    """The microphone's device blocks (any rate, any channels) -> cleaned 24 kHz frames, for the live loop.
+
+    Give it every captured block in arrival order, those the lag policy will drop included (a gap in the
+    microphone stream that the reference does not have makes AEC3 realign); drop frames after it.
+    """
+
+    def __init__(self, canceller: EchoCanceller | None, device_rate: int, frame_size: int = 1920):
+        from .audio_io import Chunker
+
+        self.canceller = canceller
+        self.device_rate = device_rate
+        rate = canceller.settings.sample_rate if canceller is not None else 24000
+        self._resample = StreamResampler(device_rate, rate)
+        self._frames = Chunker(frame_size)
+        self._frame_s = frame_size / rate
+
+    def __call__(self, block: np.ndarray, arrived: float | None = None,
+                 adc_time: float | None = None) -> list[np.ndarray]:
+        """One input callback's block, its `time.monotonic()` there and its `inputBufferAdcTime`."""
+        frames = self._frames(self._resample(downmix(block)))
+        if self.canceller is None:
+            return frames
+        # A frame completed by this block ends with it: its first sample was captured a frame before the block's end.
+        end = None if adc_time is None else adc_time + len(block) / self.device_rate
+        return [self.canceller.clean(frame, arrived, None if end is None else end - self._frame_s)
+                for frame in frames]
+
+
 def _decimate(x: np.ndarray) -> np.ndarray:
     n = len(x) // DECIMATE * DECIMATE
     return x[:n].reshape(-1, DECIMATE).mean(axis=1)

@@ -29,25 +29,44 @@ WINDOW_S = 0.5  # echo removal is reported as the median over windows this long
 class EchoFileResult(FileResult):
     """`FileResult` (with `user` = what Mimi was given, after cancellation) plus the simulated echo's figures."""
 
-    mic: np.ndarray | None = None  # input + echo, before cancellation
-    echo: np.ndarray | None = None  # the echo alone
+    mic: np.ndarray | None = None  # input + echo, before cancellation (kept when asked)
+    echo: np.ndarray | None = None  # the echo alone (kept when asked)
     echo_removed_db: float | None = None  # median over echo-dominated 0.5 s windows; None without such windows
     lead_ms: float | None = None  # the canceller's estimate of the lead AEC3 saw (after any hold-back)
     hold_ms: float = 0.0  # how long the reference was held back at the end
 
 
-def echo_removed_db(mic: np.ndarray, cleaned: np.ndarray, echo: np.ndarray, user: np.ndarray,
-                    window_s: float = WINDOW_S, skip_s: float = 0.0) -> float | None:
-    """Median over windows where the echo is at least 10 dB above the user and above -60 dBFS of
-    10 log10(microphone energy / cleaned energy); the first `skip_s` seconds left out."""
-    n = int(window_s * SAMPLE_RATE)
-    values = []
-    for start in range(int(skip_s * SAMPLE_RATE), len(mic) - n + 1, n):
-        s = slice(start, start + n)
-        e_echo, e_user = np.mean(np.square(echo[s])), np.mean(np.square(user[s]))
-        if e_echo > 1e-6 and e_echo > 10 * e_user:
-            values.append(10 * np.log10(np.mean(np.square(mic[s])) / max(np.mean(np.square(cleaned[s])), 1e-14)))
-    return float(np.median(values)) if values else None
+class _RemovalWindows:
+    """Echo removal per 0.5 s window, computed as samples stream in (nothing kept but one figure per window)."""
+
+    def __init__(self, window_s: float = WINDOW_S):
+        self.size = int(window_s * SAMPLE_RATE)
+        self._parts: list[tuple[np.ndarray, ...]] = []
+        self._held = 0
+        self.values: list[float] = []
+
+    def add(self, mic: np.ndarray, cleaned: np.ndarray, echo: np.ndarray, user: np.ndarray) -> None:
+        self._parts.append((mic, cleaned, echo, user))
+        self._held += len(mic)
+        while self._held >= self.size:
+            mic, cleaned, echo, user = (np.concatenate(column) for column in zip(*self._parts, strict=True))
+            rest = tuple(x[self.size :] for x in (mic, cleaned, echo, user))
+            self._parts, self._held = [rest], len(rest[0])
+            energy = [float(np.mean(np.square(x[: self.size], dtype=np.float64))) for x in (mic, cleaned, echo, user)]
+            if energy[2] > 1e-6 and energy[2] > 10 * energy[3]:  # the echo above -60 dBFS and 10 dB over the user
+                self.values.append(10 * np.log10(energy[0] / max(energy[1], 1e-14)))
+
+    @property
+    def median(self) -> float | None:
+        return float(np.median(self.values)) if self.values else None
+
+
+def echo_removed_db(mic: np.ndarray, cleaned: np.ndarray, echo: np.ndarray, user: np.ndarray) -> float | None:
+    """Median over 0.5 s windows where the echo is above -60 dBFS and 10 dB above the user of
+    10 log10(microphone energy / cleaned energy)."""
+    windows = _RemovalWindows()
+    windows.add(mic, cleaned, echo, user)
+    return windows.median
 
 
 def run_frames_with_echo(
@@ -59,46 +78,54 @@ def run_frames_with_echo(
     recorder: WavRecorder | None = None,
     transcript: TranscriptWriter | None = None,
     on_event: Callable[[FrameEvent], None] | None = None,
+    keep: bool = True,
 ) -> EchoFileResult:
-    """Like `filemode.run_frames`, with Moshi's own voice echoed into its input (and cancelled when `canceller`)."""
+    """Like `filemode.run_frames`, with Moshi's own voice echoed into its input (and cancelled when `canceller`).
+
+    One frame at a time (`Pipeline.step`): slot t plays step t-1's output, which the microphone of slot t must hear.
+    `keep`: also return Moshi's voice, the microphone, the echo and the events (else memory stays flat).
+    """
     if pipeline.gen.step_index > 0:
         pipeline.reset()
     size = pipeline.frame_size
     count = max(1, -(-len(audio) // size))
-    delay, gain = int(round(delay_ms * SAMPLE_RATE / 1000)), 10 ** (gain_db / 20)
+    gain = 10 ** (gain_db / 20)
     user = np.zeros(count * size, np.float32)
     user[: len(audio)] = audio
-    # What the speaker plays, preceded by `delay` samples of silence: slot t plays step t-1's output, and the
-    # microphone hears index i of this array at index i + delay of its own.
-    speaker = np.zeros(delay + (count + 1) * size, np.float32)
-    echo, mic, heard, moshi = (np.zeros_like(user) for _ in range(4))
-    events, tokens, text = [], [], ""
+    heard = np.zeros_like(user)
+    mic, echo, moshi = (np.zeros_like(user) if keep else None for _ in range(3))
+    line = np.zeros(int(round(delay_ms * SAMPLE_RATE / 1000)), np.float32)  # the speaker-to-microphone delay
+    played = np.zeros(size, np.float32)  # what the speaker plays in this slot: the previous step's output
+    windows = _RemovalWindows()
+    events, tokens, text = [], [], []
     for t in range(count):
         s = slice(t * size, (t + 1) * size)
-        echo[s] = gain * speaker[s]
-        mic[s] = user[s] + echo[s]
+        line = np.concatenate([line, played])
+        echo_t, line = gain * line[:size], line[size:]
+        mic_t = user[s] + echo_t
         if canceller is not None:
-            # The output callback hands the canceller this slot's block before the microphone frame arrives.
-            canceller.add_reference(speaker[delay + t * size : delay + (t + 1) * size])
-            heard[s] = canceller.clean(mic[s])
+            canceller.add_reference(played)  # the output callback runs before this slot's microphone frame
+            heard[s] = canceller.clean(mic_t)
         else:
-            heard[s] = mic[s]
+            heard[s] = mic_t
+        windows.add(mic_t, heard[s], echo_t, user[s])
         event, pcm = pipeline.step(heard[s])
-        if pcm is not None:
-            moshi[s] = pcm
-            speaker[delay + (t + 1) * size : delay + (t + 2) * size] = pcm
+        played = np.zeros(size, np.float32) if pcm is None else np.asarray(pcm, np.float32)
+        if keep:
+            mic[s], echo[s] = mic_t, echo_t
+            moshi[s] = played
+            events.append(event)
+            tokens.append(event.text_token)
+            text.append(event.text or "")
         if recorder is not None:
             recorder.write(heard[s], pcm)
         if transcript is not None:
             transcript.write(event.text)
-        events.append(event)
-        tokens.append(event.text_token)
-        text += event.text or ""
         if on_event is not None:
             on_event(event)
     return EchoFileResult(
-        moshi=moshi, user=heard, text=text.strip(), text_tokens=tokens, events=events, mic=mic, echo=echo,
-        echo_removed_db=echo_removed_db(mic, heard, echo, user),
+        user=heard, text="".join(text).strip(), text_tokens=tokens, frames=count, moshi=moshi, events=events,
+        mic=mic, echo=echo, echo_removed_db=windows.median,
         lead_ms=canceller.lead_ms if canceller is not None else None,
         hold_ms=canceller.hold_ms if canceller is not None else 0.0,
     )
@@ -124,7 +151,8 @@ def run_file_with_echo(
         if transcript_path is not None:
             transcript = TranscriptWriter(transcript_path)
             files.callback(transcript.close)
-        return run_frames_with_echo(pipeline, audio, delay_ms, gain_db, canceller, recorder, transcript, on_event)
+        return run_frames_with_echo(pipeline, audio, delay_ms, gain_db, canceller, recorder, transcript, on_event,
+                                    keep=False)
 
 
 def parse_echo_spec(text: str) -> tuple[float, float]:

@@ -217,3 +217,24 @@ def test_ring_keeps_the_last_samples_by_index():
         for a, b in [(n - 1100, n + 100), (n - 900, n), (0, 100), (n - 1001, n - 999), (n - 1, n + 100)]:
             expected = np.array([data[i] if n - 1000 <= i < n else 0 for i in range(a, b)], np.float32)
             np.testing.assert_array_equal(ring.get(a, b), expected)
+
+
+def test_cleaned_microphone_from_48k_stereo_blocks(moshi_voice):
+    """Device blocks of 1024 frames at 48 kHz in, cleaned 24 kHz frames out; the reference at 24 kHz."""
+    from moshi_mlx.echo import CleanedMicrophone
+
+    echo = convolve(moshi_voice, room_response(delay_ms=60))
+    mic48 = soxr.resample(echo, SR, 48000).astype(np.float32)
+    canceller = EchoCanceller()
+    mic = CleanedMicrophone(canceller, 48000)
+    out, fed = [], 0
+    for start in range(0, len(mic48) - 1024, 1024):
+        while fed < (start + 1024) // 2:  # the speaker's blocks that arrived before this microphone block
+            canceller.add_reference(moshi_voice[fed : fed + FRAME])
+            fed += FRAME
+        out += mic(np.stack([mic48[start : start + 1024]] * 2, axis=1), adc_time=start / 48000)
+    out = np.concatenate(out)
+    assert all(len(x) == FRAME for x in out.reshape(-1, FRAME)) and len(out) >= len(echo) - 2 * FRAME
+    reference = echo[: len(out)]
+    assert np.median(windows_db(reference, out, 0.5, start_s=1.0, where=reference)) >= 30
+    assert CleanedMicrophone(None, 24000)(np.ones((1920, 1), np.float32))[0].shape == (FRAME,)
