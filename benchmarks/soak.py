@@ -1,0 +1,190 @@
+"""A long conversation, through the file path and through the live engine: does anything grow or slow down?
+
+    python benchmarks/soak.py --minutes 60 [--mode file|live|both] [--json soak.json]
+
+Tiny random LM, full-size random Mimi (rustymimi, renewed as in a real conversation). The file path plays N
+minutes of speech through `run_frames` (pipelined, nothing kept per frame); the live path runs the engine N
+minutes on the tests' private PulseAudio server (Linux) with speech looping into its microphone. Both report the
+resident memory after the warm-up (the first minute) and at the end, its peak, the per-frame time in the first and
+the last minute, Mimi's renewals and the frames dropped to keep up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+FRAME_S = 0.08
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    import resource  # macOS: no /proc; the peak is the best we have
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class Probe:
+    """Resident memory and per-frame cost over time, sampled as frames complete."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.samples: list[tuple[float, float]] = []  # (seconds, MB)
+        self.frames: list[tuple[float, float]] = []  # (seconds, frame ms) of the first and last minute only
+        self._last = self.start
+        self._next_sample = 0.0
+        self._tail: list[tuple[float, float]] = []
+
+    def frame(self, cost_ms: float | None = None) -> None:
+        now = time.monotonic()
+        elapsed = now - self.start
+        cost = (now - self._last) * 1000 if cost_ms is None else cost_ms
+        self._last = now
+        if elapsed < 60:
+            self.frames.append((elapsed, cost))
+        self._tail.append((elapsed, cost))
+        while self._tail and self._tail[0][0] < elapsed - 60:
+            self._tail.pop(0)
+        if elapsed >= self._next_sample:
+            self.samples.append((elapsed, rss_mb()))
+            self._next_sample = elapsed + 5
+
+    def report(self, name: str, renewals: int, dropped: int, frames: int) -> dict:
+        self.samples.append((time.monotonic() - self.start, rss_mb()))
+        after_warmup = next((mb for s, mb in self.samples if s >= 60), self.samples[-1][1])
+        first = statistics.median(cost for _, cost in self.frames[25:]) if len(self.frames) > 25 else float("nan")
+        last = statistics.median(cost for _, cost in self._tail) if self._tail else float("nan")
+        # The peaks of the first and the last 10 minutes (renewal makes memory a sawtooth)
+        end = self.samples[-1][0]
+        early = [mb for s, mb in self.samples if 60 <= s < 660] or [after_warmup]
+        late = [mb for s, mb in self.samples if s >= max(60, end - 600)] or [self.samples[-1][1]]
+        result = dict(
+            path=name, minutes=round(end / 60, 1), frames=frames, renewals=renewals, dropped=dropped,
+            rss_after_warmup_mb=round(after_warmup, 1), rss_end_mb=round(self.samples[-1][1], 1),
+            rss_peak_mb=round(max(mb for _, mb in self.samples), 1),
+            peak_first_10min_mb=round(max(early), 1), peak_last_10min_mb=round(max(late), 1),
+            frame_ms_first_minute=round(first, 2), frame_ms_last_minute=round(last, 2),
+            drift_pct=round(100 * (last - first) / first, 1),
+        )
+        print(json.dumps(result), flush=True)
+        return result
+
+
+def load(model_dir: Path):
+    from conftest import write_tiny_tokenizer
+
+    from moshi_mlx.codec.random_weights import write_random_mimi
+    from moshi_mlx.config import LmConfig
+    from moshi_mlx.pipeline import Pipeline
+    from moshi_mlx.testing import tiny_config, write_random_lm
+
+    weights, config = write_random_lm(model_dir, tiny_config(card=2048), seed=0)
+    mimi = model_dir / "mimi.safetensors"
+    if not mimi.exists():
+        write_random_mimi(mimi)
+    tokenizer = write_tiny_tokenizer(model_dir / "tokenizer.model")
+    return Pipeline.load(weights, mimi, tokenizer, LmConfig.from_json(config), seed=0)
+
+
+def speech(directory: Path) -> Path:
+    from audio_server import speech_wav
+
+    return speech_wav(directory / "speech.wav", "Hello Moshi. Can you hear me? Tell me about the weather today, "
+                      "and what I should wear for a long walk by the river. " * 4)
+
+
+def soak_file(minutes: float, directory: Path) -> dict:
+    import soundfile
+
+    from moshi_mlx.filemode import run_frames
+    from moshi_mlx.recording import TranscriptWriter, WavRecorder
+
+    pipeline = load(directory)
+    voice, _ = soundfile.read(str(speech(directory)), dtype="float32")
+    samples = int(minutes * 60 * 24000)
+    audio = np.tile(voice, samples // len(voice) + 1)[:samples]
+    probe = Probe()
+    recorder = WavRecorder(directory / "out.wav", stereo=True)
+    transcript = TranscriptWriter(directory / "out.txt")
+    result = run_frames(pipeline, audio, on_event=lambda e: probe.frame(), recorder=recorder,
+                        transcript=transcript, keep=False)
+    recorder.close()
+    transcript.close()
+    report = probe.report("file", pipeline.codec.renewals, 0, result.frames)
+    pipeline.close()
+    return report
+
+
+def soak_live(minutes: float, directory: Path) -> dict:
+    import os
+
+    from audio_server import VirtualAudio, reinitialise_portaudio
+
+    from moshi_mlx.engine import Engine
+    from moshi_mlx.recording import TranscriptWriter, WavRecorder
+
+    server = VirtualAudio().start()
+    os.environ.update(PULSE_SERVER=server.env["PULSE_SERVER"], XDG_RUNTIME_DIR=server.env["XDG_RUNTIME_DIR"])
+    reinitialise_portaudio()
+    pipeline = load(directory)
+    wav = speech(directory)
+    probe = Probe()
+    stop = threading.Event()
+
+    def talk() -> None:
+        while not stop.is_set():
+            player = server.play(wav)
+            while player.poll() is None and not stop.is_set():
+                time.sleep(0.2)
+            player.terminate()
+
+    engine = Engine(pipeline, on_event=lambda e: probe.frame(e.frame_ms),
+                    recorder=WavRecorder(directory / "live.wav", stereo=True),
+                    transcript=TranscriptWriter(directory / "live.txt"))
+    talker = threading.Thread(target=talk, daemon=True)
+    try:
+        with engine:
+            talker.start()
+            time.sleep(minutes * 60)
+        stats = engine.stats()
+    finally:
+        stop.set()
+        server.stop()
+    report = probe.report("live", pipeline.codec.renewals, stats.dropped, stats.processed)
+    pipeline.close()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--mode", choices=["file", "live", "both"], default="both")
+    parser.add_argument("--json", default=None, help="write the reports here")
+    parser.add_argument("--dir", default=None, help="folder for the model and outputs (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(args.dir or tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        reports = []
+        if args.mode in ("file", "both"):
+            reports.append(soak_file(args.minutes, directory))
+        if args.mode in ("live", "both"):
+            reports.append(soak_live(args.minutes, directory))
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=1))
+
+
+if __name__ == "__main__":
+    main()
