@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="write the conversation as a stereo WAV (you left, Moshi right)")
     parser.add_argument("--max-backlog", type=non_negative_int, default=2, metavar="FRAMES",
                         help="input frames allowed to wait before the oldest are skipped to keep up (default 2)")
+    parser.add_argument("--aec", choices=("on", "off"), default="on",
+                        help="echo cancellation, so that Moshi does not hear itself on the speakers (default on)")
     parser.add_argument("--plain", action="store_true", help="plain lines instead of the live screen "
                         "(the default when stdout is not a terminal)")
     add_model_args(parser)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from typing import Any
 
 from moshi_mlx.audio_io import read_mono_24k
 from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE
@@ -29,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transcript", default=None, help="text file for Moshi's words")
     parser.add_argument("--stereo", action="store_true", help="write the input on the left, Moshi on the right")
     parser.add_argument("--quiet", action="store_true", help="do not print Moshi's words as they come")
+    parser.add_argument("--simulate-echo", type=echo_spec, default=None, metavar="DELAY_MS[:GAIN_DB]",
+                        help="mix Moshi's voice back into its input DELAY_MS after it played, at GAIN_DB (default "
+                        "-6), then cancel it as `chat` does; --stereo's left channel is what Moshi heard")
+    parser.add_argument("--aec", choices=("on", "off"), default="on",
+                        help="echo cancellation of --simulate-echo (default on)")
     add_model_args(parser)
     add_sampling_args(parser)
     args = parser.parse_args(argv)
@@ -60,7 +67,15 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     try:
-        result = run_file(pipeline, audio, args.out, args.transcript, stereo=args.stereo, on_event=show)
+        if args.simulate_echo is None:
+            result = run_file(pipeline, audio, args.out, args.transcript, stereo=args.stereo, on_event=show)
+        else:
+            from moshi_mlx.echo import make_echo_canceller
+            from moshi_mlx.echo_sim import run_file_with_echo
+
+            canceller = make_echo_canceller(args.aec == "on")
+            result = run_file_with_echo(pipeline, audio, args.out, *args.simulate_echo, canceller,
+                                        args.transcript, stereo=args.stereo, on_event=show)
     except KeyboardInterrupt:
         if printed:
             sys.stdout.write("\n")
@@ -82,4 +97,27 @@ def main(argv: list[str] | None = None) -> None:
         f"({result.seconds / elapsed:.2f}x real time)",
         file=sys.stderr,
     )
+    if args.simulate_echo is not None:
+        print(echo_report(args.simulate_echo, result), file=sys.stderr)
+
+
+def echo_spec(text: str) -> tuple[float, float]:
+    from moshi_mlx.echo_sim import parse_echo_spec
+
+    try:
+        return parse_echo_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def echo_report(spec: tuple[float, float], result: Any) -> str:
+    delay, gain = spec
+    line = f"echo: Moshi's voice mixed back in {delay:g} ms later at {gain:+g} dB; "
+    if result.echo_removed_db is None:
+        return line + "no 0.5 s window where the echo outweighed the input, nothing to measure"
+    line += f"{result.echo_removed_db:.1f} dB removed (median over the 0.5 s windows where it outweighed the input)"
+    if result.lead_ms is not None:
+        back = f", held back {result.hold_ms:.0f} ms" if result.hold_ms else ""
+        line += f"; reference lead {result.lead_ms:.0f} ms{back}"
+    return line
 
