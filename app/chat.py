@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         view = ChatView(model_label(args, files, pipeline), transcript)
         output = None
         engine = Engine(pipeline, input_device, output_device, max_backlog=args.max_backlog,
-                        on_event=view.on_event, recorder=recorder)
+                        on_event=view.on_event, recorder=recorder, aec=args.aec == "on")
         try:
             with nullcontext() if plain else say.status("Warming up...", spinner="dots"):
                 engine.start()

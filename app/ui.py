@@ -208,6 +208,7 @@ class ChatView:
             (f"backlog {backlog}", "yellow" if backlog else ""),
             (f"drops {dropped}", "yellow" if dropped else ""),
             (f"underruns {underruns}", "yellow" if underruns else ""),
+            *([(f"echo -{last.echo_db:.0f} dB", "")] if last is not None and last.echo_db is not None else []),
             (clock(self.elapsed), "bold"),
         ]
 

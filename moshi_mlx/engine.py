@@ -1,7 +1,8 @@
 """The live conversation: microphone -> Moshi -> speaker, one 80 ms frame at a time.
 
 A frame's story: the input callback queues the microphone's block; the encoder stage takes the newest blocks
-(the lag policy), resamples them to 24 kHz frames and has Mimi encode one; the inference thread runs Moshi's
+(the lag policy), resamples them to 24 kHz frames, takes Moshi's own voice out of them (`echo.EchoCanceller`, whose
+reference is what the output callback gave the speaker) and has Mimi encode one; the inference thread runs Moshi's
 step on it; the decoder stage has Mimi decode Moshi's frame and queues it for the output callback, which plays it.
 The three stages overlap (`stages.run_stages`): while Moshi thinks about frame t, frame t+1 is encoded and frame
 t-1 decoded. The callbacks only move numpy blocks (no waiting, no MLX, one small copy). Lag policy: when more than
@@ -24,7 +25,8 @@ from typing import Any
 import numpy as np
 from mlx_lm.generate import wired_limit
 
-from .audio_io import Chunker, StreamResampler, StreamSettings, downmix, find_device, sounddevice, stream_settings
+from .audio_io import Chunker, StreamResampler, StreamSettings, find_device, sounddevice, stream_settings
+from .echo import CleanedMicrophone, EchoCanceller, EchoSettings, make_echo_canceller
 from .errors import MoshiError
 from .pipeline import FrameEvent, Pipeline
 from .stages import run_stages
@@ -81,6 +83,7 @@ class Engine:
         warmup_frames: int = 2,
         samplerate: int | None = None,
         max_output_backlog: int = 4,
+        aec: bool = False,
     ):
         if max_backlog < 0:
             raise ValueError("max_backlog must be >= 0")
@@ -92,6 +95,9 @@ class Engine:
         self.recorder, self.transcript = recorder, transcript
         self.warmup_frames = warmup_frames
         self.samplerate = samplerate
+        self.aec = aec
+        self.echo: EchoCanceller | None = None  # made by start() when `aec`, None if livekit cannot load
+        self._cleaned: CleanedMicrophone | None = None
         self.error: BaseException | None = None
         self._stats = EngineStats()
         self._mic: queue.Queue[np.ndarray] = queue.Queue(maxsize=MIC_BLOCKS_KEPT)
@@ -117,7 +123,7 @@ class Engine:
         self._in_times.append(start)
         if status.input_overflow:
             self._stats.input_overflows += 1
-        block = indata.copy()
+        block = (indata.copy(), start, time_info.inputBufferAdcTime)
         try:
             self._mic.put_nowait(block)
         except queue.Full:  # the loop is stalled: keep the newest audio
@@ -146,6 +152,8 @@ class Engine:
             n = min(frames, len(block))
             outdata[:n] = block[:n, None]
             outdata[n:] = 0
+        if self.echo is not None:  # the reference is exactly what the speaker gets, silence included
+            self.echo.add_reference(outdata[:, 0], time_info.outputBufferDacTime)
         self._stats.callback_max_ms = max(self._stats.callback_max_ms, (time.monotonic() - start) * 1000)
 
     # --- the inference thread ---
@@ -168,6 +176,8 @@ class Engine:
                 continue
             while self._mic.qsize() > self.max_backlog:
                 self._stats.dropped += 1
+                if self.echo is not None and self._cleaned is not None:
+                    self._cleaned(*block)  # the canceller hears every block; the frames are dropped after
                 block = self._mic.get_nowait()
             self._backlog = self._mic.qsize()
             return block
@@ -203,10 +213,9 @@ class Engine:
         """The microphone as 24 kHz frames, after the lag policy; ends when the engine stops (encoder stage)."""
         settings_in = self._stats.input
         assert settings_in is not None
-        to_model = StreamResampler(settings_in.samplerate, self.pipeline.sample_rate)
-        frames = Chunker(self.pipeline.frame_size)
+        self._cleaned = CleanedMicrophone(self.echo, settings_in.samplerate, self.pipeline.frame_size)
         while (block := self._next_block()) is not None:
-            yield from frames(to_model(downmix(block)))
+            yield from self._cleaned(*block)
 
     def _deliver(self, event: FrameEvent, frame: np.ndarray, pcm: np.ndarray | None) -> None:
         """Moshi's frame to the speaker queue, the frame to the recording and transcript, the event to the UI."""
@@ -226,6 +235,7 @@ class Engine:
             dataclasses.replace(
                 event, backlog=self._backlog, dropped=self._stats.dropped + self._stats.stalled_dropped,
                 underruns=self._stats.underruns,
+                echo_db=self.echo.echo_reduction_db() if self.echo is not None else None,
             )
         )
 
@@ -241,6 +251,8 @@ class Engine:
         in_settings = stream_settings(find_device(self.input_device, "input"), "input", self.samplerate)
         out_settings = stream_settings(find_device(self.output_device, "output"), "output", self.samplerate)
         self._stats.input, self._stats.output = in_settings, out_settings
+        if self.aec and self.echo is None:
+            self.echo = make_echo_canceller(True, EchoSettings(reference_rate=out_settings.samplerate))
         self._thread = threading.Thread(target=self._run, name="moshi-inference", daemon=True)
         self._thread.start()
         self._ready.wait()  # the warm-up, on the inference thread; the devices open after it

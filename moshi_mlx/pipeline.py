@@ -38,6 +38,7 @@ class FrameEvent:
     underruns: int = 0  # output blocks played as silence because Moshi's audio was late, so far
     overlapped: bool = False  # the stages ran at the same time as other frames' (the pipelined loop)
     notice: str | None = None  # a line for the user (e.g. the codec failed and was renewed)
+    echo_db: float | None = None  # echo removed from the microphone while Moshi speaks (live, canceller on)
 
     @property
     def total_ms(self) -> float:
