@@ -53,7 +53,7 @@ def file_options(parser: argparse.ArgumentParser, args: argparse.Namespace, role
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()  # follows symbolic links
-    except OSError:
+    except (OSError, ValueError):
         return None
     return st.st_dev, st.st_ino
 
@@ -102,17 +102,23 @@ def check_outputs(
     for option, path in outputs.items():
         if path is None:
             continue
-        target = Path(path).expanduser()
-        key = _identity(target) or target.resolve()
-        if key in known:
-            raise MoshiError(f"{option} {path} is {known[key]}: give another file name")
-        if target.is_dir():
-            raise MoshiError(f"cannot write {path}: it is a folder; give a file name")
-        if not target.resolve().parent.is_dir():
-            raise MoshiError(f"cannot write {path}: its folder does not exist")
-        _probe(target)
-        known[key] = f"also given to {option}"
-        known.setdefault(target.resolve(), f"also given to {option}")
+        try:
+            _check_output(option, Path(path).expanduser(), path, known)
+        except OSError as e:  # e.g. a name too long for the file system
+            raise MoshiError(f"cannot write {path}: {(e.strerror or str(e)).lower()}") from None
+
+
+def _check_output(option: str, target: Path, path: PathLike, known: dict[object, str]) -> None:
+    key = _identity(target) or target.resolve()
+    if key in known:
+        raise MoshiError(f"{option} {path} is {known[key]}: give another file name")
+    if target.is_dir():
+        raise MoshiError(f"cannot write {path}: it is a folder; give a file name")
+    if not target.resolve().parent.is_dir():
+        raise MoshiError(f"cannot write {path}: its folder does not exist")
+    _probe(target)
+    known[key] = f"also given to {option}"
+    known.setdefault(target.resolve(), f"also given to {option}")
 
 
 def check_output_folder(option: str, path: PathLike) -> Path:

@@ -78,6 +78,8 @@ SCHEMA: dict[str, tuple[str, float | None, float | None, bool]] = {
     "cross_attention": (_BOOL, None, None, False),
 }
 MAX_DELAY = 1000
+CHOICES = {"norm": NORMS, "gating": GATINGS, "depformer_gating": GATINGS, "positional_embedding":
+           POSITIONAL_EMBEDDINGS, "depformer_pos_emb": POSITIONAL_EMBEDDINGS}
 
 # Options of Kyutai's LM (also under a `depformer_` prefix) this port does not implement, with their "off" value.
 # (`quantize`, Kyutai's PyTorch int8 flag, is left to the loader: quantization is read off the tensors.)
@@ -360,7 +362,13 @@ def _check_value(key: str, value: Any, kind: str, lo: float | None, hi: float | 
 
 def _check_schema(cfg: LmConfig) -> None:
     """Types and ranges first: the consistency checks and the model's code rely on them."""
-    problems = [p for key, rule in SCHEMA.items() if (p := _check_value(key, getattr(cfg, key), *rule))]
+    problems = [p for key, rule in SCHEMA.items()
+                if key not in CHOICES and (p := _check_value(key, getattr(cfg, key), *rule))]
+    for key, choices in CHOICES.items():
+        value = getattr(cfg, key)
+        if not (value is None and SCHEMA[key][3]) and not (isinstance(value, str) and value in choices):
+            shown = "is null" if value is None else repr(value)
+            problems.append(f"{key} {shown}: expected one of {', '.join(choices)}")
     for key in ("delays", "depformer_weights_per_step_schedule"):
         value = getattr(cfg, key)
         if not (value is None and key != "delays") and not isinstance(value, list):

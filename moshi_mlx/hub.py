@@ -29,6 +29,7 @@ CONFIG_FILE = "config.json"
 # even with an error, counts as reachable).
 PROBE_TIMEOUT_S = 3.0
 _reachable: bool | None = None  # the probe's answer, once per process
+_OFFLINE_SET = constants.HF_HUB_OFFLINE  # HF_HUB_OFFLINE as the user set it
 
 
 @dataclass
@@ -97,11 +98,14 @@ def hub_reachable() -> bool:
                 _reachable = True
             except Exception:  # httpx's connection, timeout and proxy errors, or offline mode
                 _reachable = False
+                # As HF_HUB_OFFLINE=1 from now on: huggingface_hub makes requests of its own too (its user-agent
+                # registry, 3 s more on a network that drops packets).
+                constants.HF_HUB_OFFLINE = True
     return _reachable
 
 
 def offline_hint() -> str:
-    return "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} cannot be reached"
+    return "HF_HUB_OFFLINE is set" if _OFFLINE_SET else f"{constants.ENDPOINT} cannot be reached"
 
 
 def download_command(repo: str, quant: str = "q4") -> str:
