@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     repo = args.hf_repo or hub.default_repo(args.voice, quant)
     if constants.HF_HUB_OFFLINE:
         raise MoshiError(f"cannot download {repo}: HF_HUB_OFFLINE is set; unset it and connect to the internet")
+    if not hub.hub_reachable():
+        raise MoshiError(f"cannot download {repo}: {hub.offline_hint()} (no network?); connect to the internet")
     print(f"Downloading {repo} ({quant}) into {constants.HF_HUB_CACHE}")
     paths = hub.download(repo, quant)
     size = sum(p.stat().st_size for p in paths) / 1024**3

@@ -158,12 +158,13 @@ def max_report_steps(config: LmConfig, weights_bytes: int, total_bytes: float) -
 def _prepare_report(args: argparse.Namespace, config: LmConfig, weights: Path) -> np.ndarray | str:
     """The report's source, checked now: the recording (read, so a damaged file fails before quantizing) with its
     Mimi weights, or random codes; --steps within what memory allows."""
-    steps = args.steps or DEFAULT_STEPS
-    limit = max_report_steps(config, weights.stat().st_size, total_memory_gib() * GIB)
-    if steps > limit:
-        raise MoshiError(f"--steps {steps} does not fit in {total_memory_gib():.1f} GiB of memory for the report: "
-                         f"use at most {limit}" if limit >= 2 else
-                         f"the report does not fit in {total_memory_gib():.1f} GiB of memory: use --no-report")
+    steps, total = args.steps or DEFAULT_STEPS, total_memory_gib()
+    if weights.stat().st_size / GIB + 2.0 <= total:  # else the report is skipped after quantizing, with a hint
+        limit = max_report_steps(config, weights.stat().st_size, total * GIB)
+        if steps > limit:
+            raise MoshiError(f"--steps {steps} does not fit in {total:.1f} GiB of memory for the report: use at most "
+                             f"{limit}" if limit >= 2 else
+                             f"the report does not fit in {total:.1f} GiB of memory: use --no-report")
     if args.wav is None:
         return "random"
     pcm = read_mono_24k(args.wav)

@@ -222,6 +222,30 @@ def test_no_output_is_an_input(name, output, target, how, tiny_model, bf16, wav,
     assert left <= {target_path.name}, left
 
 
+@pytest.mark.parametrize("name", ["run", "chat"])
+@pytest.mark.parametrize("cached", ["model.q4.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors",
+                                    "tokenizer_spm_32k_3.model"])
+def test_no_output_is_a_file_of_the_hugging_face_cache(name, cached, wav, tmp_path, capsys, monkeypatch,
+                                                       no_devices):
+    """Files found in the cache are inputs too: an output naming one (here through its snapshot path, as
+    `huggingface-cli scan-cache` shows it) is refused before anything loads."""
+    from huggingface_hub import constants
+    from test_hub import cache_repo
+
+    files = {n: f"cached {n}".encode() for n in ("model.q4.safetensors", "tokenizer_spm_32k_3.model",
+                                                 "tokenizer-e351c8d8-checkpoint125.safetensors")}
+    snapshot = cache_repo(tmp_path / "hf", "kyutai/moshiko-mlx-q4", files)
+    no_config = snapshot.parent.parent / ".no_exist" / snapshot.name
+    no_config.mkdir(parents=True)
+    (no_config / "config.json").touch()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    target = snapshot / cached
+    output = ["--out", target] if name == "run" else ["--record", target]
+    err = cli_error(capsys, [name, *([wav] if name == "run" else []), *output, "-q", "4"])
+    assert err.startswith(f"error: {output[0]} {target} is the ") and "give another file name" in err, err
+    assert target.read_bytes() == f"cached {cached}".encode()
+
+
 def test_identity_cases_cover_every_output_of_every_subcommand():
     covered = {(name, out) for name, out, _, _ in IDENTITY_CASES}
     for name in PARSERS:
