@@ -45,6 +45,8 @@ def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
         quant = "q4"
     else:
         quant = (args.hf_repo and hub.repo_quant(args.hf_repo)) or choose_quant()[0]
+    if args.moshi_weights is None:
+        check_fits(quant)  # before anything is downloaded
     files = hub.resolve_files(
         hf_repo=args.hf_repo, voice=args.voice, quant=quant, moshi_weights=args.moshi_weights,
         mimi_weights=args.mimi_weights, tokenizer=args.tokenizer, config=args.config,

@@ -128,6 +128,17 @@ def wav(tmp_path_factory) -> Path:
     return write_wav(tmp_path_factory.mktemp("wav") / "in.wav")
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """In-process cases never touch the network (as HF_HUB_OFFLINE=1); the subprocess cases set their own hub."""
+    from huggingface_hub import constants
+
+    from moshi_mlx import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "_reachable", None)
+
+
 @pytest.fixture
 def no_devices(monkeypatch):
     """chat without a sound card: every case here is refused before the devices would be opened."""
@@ -488,6 +499,17 @@ def test_q_that_does_not_match_a_local_file_is_said(q, note, tiny_model, tiny_q4
     assert (tmp_path / "o.wav").exists()
 
 
+@pytest.mark.parametrize("value", ["lots", "nan", "inf", "-8", "0"])
+@pytest.mark.parametrize("name", ["run", "chat", "quantize"])
+def test_memory_override_that_is_not_a_size(name, value, tiny_model, bf16, wav, tmp_path, capsys, monkeypatch,
+                                            no_devices):
+    monkeypatch.setenv(MEMORY, value)
+    argv = {"run": ["run", wav, "--out", tmp_path / "o.wav", "-q", "4"], "chat": ["chat", "-q", "8"],
+            "quantize": ["quantize", bf16[0], "-o", tmp_path / "q"]}[name]
+    err = cli_error(capsys, argv)
+    assert err == f"error: {MEMORY}={value!r} is not a number of GiB"
+
+
 # --- 5. quantize checks every option before reading a tensor -----------------------------------------------
 
 QUANTIZE_MISTAKES = [
@@ -579,8 +601,7 @@ BAD_REPO_IDS = ["a--b/c", "a/b/c", "-a/b", "a/b-", "a/b.git", "a b/c", "a/b..c",
 
 @pytest.mark.parametrize("name", ["run", "chat", "download", "quantize"])
 @pytest.mark.parametrize("repo", BAD_REPO_IDS)
-def test_invalid_repo_ids(name, repo, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_invalid_repo_ids(name, repo, tmp_path, capsys):
     if name == "quantize":  # the input is a path or a repo id
         err = cli_error(capsys, ["quantize", "-o", tmp_path / "q", "--", repo])
         assert "not a Hugging Face repo id" in err or err.startswith(f"error: input not found: {repo}"), err
