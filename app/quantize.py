@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from moshi_mlx.quantize.memory import peak_rss_bytes
-from moshi_mlx.quantize.quantizer import output_paths, quantize_checkpoint
+from moshi_mlx.quantize.quantizer import InputTensor, output_paths, plan_layout, quantize_checkpoint
 from moshi_mlx.quantize.recipes import GROUP_SIZES, RECIPES, describe, file_tag, make_plan
 from moshi_mlx.quantize.report import format_size, quality_reports, random_codes, render_table, wav_codes, write_json
 from moshi_mlx.quantize.safetensors_stream import SafetensorsReader
@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     # folder and every file written, the report's recording and its size in memory.
     weights, config, config_path = resolve_input(args.input, args.config)
     plan = make_plan(config, args.bits or 4, args.group_size, args.recipe)
+    if all(spec is None for spec in plan.values()):
+        raise MoshiError("nothing to quantize: no module of this model has rows that split into groups of "
+                         f"{args.group_size or 'the default size'}; use a smaller --group-size")
+    with SafetensorsReader(weights) as reader:  # the header alone: dtypes, names and shapes against the config
+        plan_layout({n: InputTensor(t.shape, t.dtype) for n, t in reader.tensors.items()}, config, plan)
     output = check_output_folder("-o", args.output or f"moshi-{file_tag(plan)}")
     weights_path, new_config = output_paths(output, plan)
     if args.report:

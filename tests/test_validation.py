@@ -572,6 +572,43 @@ def test_quantize_checks_every_option_first(options, code, message, bf16, tmp_pa
     assert (earlier / "model.q4.safetensors").read_bytes() == b"earlier model"
 
 
+@pytest.mark.parametrize("checkpoint, message", [
+    ("audio", "{path} is not a safetensors file"),
+    ("integers", "the input has a I32 tensor 'text_emb.weight': not a Moshi bf16 checkpoint"),
+    ("quantized", "the input is already quantized"),
+    ("other model", "wrong --config"),
+    ("empty", "{path} is not a safetensors file"),
+])
+def test_quantize_checks_the_checkpoint_first(checkpoint, message, bf16, wav, tmp_path, capsys):
+    """The input's header (dtypes, names, shapes) is checked against the config before the output folder is made."""
+    path = tmp_path / "in.safetensors"
+    weights = mx.load(str(bf16[0]))
+    if checkpoint == "audio":
+        path.write_bytes(wav.read_bytes())
+    elif checkpoint == "empty":
+        path.write_bytes(b"")
+    elif checkpoint == "integers":
+        mx.save_safetensors(str(path), {**weights, "text_emb.weight": weights["text_emb.weight"].astype(mx.int32)})
+    elif checkpoint == "quantized":
+        w, scales, biases = mx.quantize(weights["text_emb.weight"], group_size=32, bits=4)
+        mx.save_safetensors(str(path), {**weights, "text_emb.weight": w, "text_emb.scales": scales,
+                                        "text_emb.biases": biases})
+    else:
+        write_random_lm(tmp_path / "other", tiny_config(dim=128, hidden_scale=3, depformer_dim=64,
+                                                        depformer_dim_feedforward=192), seed=0)
+        path = tmp_path / "other" / "model.safetensors"
+    err = cli_error(capsys, ["quantize", path, "--config", bf16[1], "-o", tmp_path / "q"])
+    assert message.format(path=path) in err, err
+    assert not (tmp_path / "q").exists()
+
+
+def test_quantize_refuses_a_plan_that_quantizes_nothing(tmp_path, capsys):
+    weights, config = write_random_lm(tmp_path / "tiny", tiny_config(), seed=0)  # no row is a multiple of 128
+    err = cli_error(capsys, ["quantize", weights, "--config", config, "-o", tmp_path / "q", "--group-size", "128"])
+    assert err.startswith("error: nothing to quantize: no module of this model has rows that split into groups of 128")
+    assert not (tmp_path / "q").exists()
+
+
 def test_quantize_sigterm_cleans_up_as_ctrl_c(tmp_path):
     """kill during quantization: exit 130 as Ctrl-C, and no .partial file left."""
     config = tiny_config(dim=256, num_heads=4, num_layers=24, hidden_scale=3, text_card=1000, card=1024,
