@@ -19,11 +19,19 @@ from moshi_mlx.pipeline import Pipeline
 from moshi_mlx.recording import WavRecorder
 from moshi_mlx.weights import summarize_quantization
 
+from .checks import check_outputs
 from .failure import Failed
 from .interrupt import interrupt_on_termination
 from .memory import MEMORY_ENV, check_fits, choose_quant
-from .model_args import add_model_args, add_sampling_args, resolve_files
-from .parser import Parser, check_outputs, non_negative_int
+from .model_args import (
+    add_model_args,
+    add_sampling_args,
+    check_model_files,
+    model_inputs,
+    quantization_note,
+    resolve_files,
+)
+from .parser import Parser, non_negative_int
 from .ui import ChatView, PlainOutput, Transcript, clock
 
 
@@ -111,7 +119,8 @@ def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> lis
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     interrupt_on_termination()
-    check_outputs({"--transcript": args.transcript, "--record": args.record})
+    outputs = {"--transcript": args.transcript, "--record": args.record}
+    check_outputs(outputs, model_inputs(args))
     plain = args.plain or not sys.stdout.isatty()
     console = Console()
     say = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -120,16 +129,20 @@ def main(argv: list[str] | None = None) -> None:
     input_device = find_device(args.input_device, "input")
     output_device = find_device(args.output_device, "output")
     files = choose_model(args, say)
+    check_outputs(outputs, model_inputs(args, files))
+    check_model_files(files)
+    with nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"):
+        pipeline = Pipeline.load(
+            files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
+            seed=args.seed, temp=args.temp, temp_text=args.temp_text,
+        )
+    if note := quantization_note(args, pipeline):
+        say.print(note)
+    # The outputs are opened only now: a model that fails to load leaves an existing transcript or recording.
     transcript = Transcript(args.transcript)
     recorder = WavRecorder(args.record, stereo=True) if args.record else None
-    pipeline: Pipeline | None = None
     failure: Exception | None = None
     try:
-        with nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"):
-            pipeline = Pipeline.load(
-                files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-                seed=args.seed, temp=args.temp, temp_text=args.temp_text,
-            )
         view = ChatView(model_label(args, files, pipeline), transcript)
         output = None
         engine = Engine(pipeline, input_device, output_device, max_backlog=args.max_backlog,
@@ -154,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         transcript.close()
         if recorder is not None:
             recorder.close()
-        if pipeline is not None:
-            pipeline.close()
+        pipeline.close()
     for line in summary(stats, view, args):
         say.print(line)
     if failure is not None:

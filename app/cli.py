@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         # `moshi-mlx devices | head`: the reader left; keep Python's exit-time flush from failing too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except OSError as e:
+        # The system refused something mid-way (a full disk, a vanished folder): one line, as for the others.
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # a bug or a failing library: one line here, the traceback in a log file
         from .failure import describe
 

@@ -8,7 +8,7 @@ from moshi_mlx import hub
 from moshi_mlx.errors import MoshiError
 
 from .memory import choose_quant
-from .parser import Parser
+from .parser import Parser, repo_id
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
         help="weights precision (default: the one --hf-repo holds, else what `moshi-mlx chat` would choose for this "
         "machine's memory)",
     )
-    parser.add_argument("--hf-repo", default=None, help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
+    parser.add_argument("--hf-repo", type=repo_id, default=None,
+                        help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
     args = parser.parse_args(argv)
 
     if args.quant:
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     repo = args.hf_repo or hub.default_repo(args.voice, quant)
     if constants.HF_HUB_OFFLINE:
         raise MoshiError(f"cannot download {repo}: HF_HUB_OFFLINE is set; unset it and connect to the internet")
+    if not hub.hub_reachable():
+        raise MoshiError(f"cannot download {repo}: {hub.offline_hint()} (no network?); connect to the internet")
     print(f"Downloading {repo} ({quant}) into {constants.HF_HUB_CACHE}")
     paths = hub.download(repo, quant)
     size = sum(p.stat().st_size for p in paths) / 1024**3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -24,9 +25,12 @@ def total_memory_gib() -> float:
     override = os.environ.get(MEMORY_ENV)
     if override:
         try:
-            return float(override)
+            value = float(override)
         except ValueError:
-            raise MoshiError(f"{MEMORY_ENV}={override!r} is not a number of GiB") from None
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise MoshiError(f"{MEMORY_ENV}={override!r} is not a number of GiB")
+        return value
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from moshi_mlx import hub
-from moshi_mlx.pipeline import Pipeline
+from moshi_mlx.pipeline import Pipeline, load_text_tokenizer
+from moshi_mlx.text import check_vocabulary
+from moshi_mlx.weights import summarize_quantization
 
 from .memory import check_fits, choose_quant
-from .parser import seed, temperature
+from .parser import repo_id, seed, temperature
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +21,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default=None,
         help="weights precision (default: the one --hf-repo holds, else the best that fits this machine's memory)",
     )
-    group.add_argument("--hf-repo", default=None, help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
+    group.add_argument("--hf-repo", type=repo_id, default=None,
+                        help="Hugging Face repo (default: kyutai/<voice>-mlx-<q>)")
     group.add_argument("--moshi-weights", default=None, help="local Moshi weights (.safetensors, MLX or PyTorch names)")
     group.add_argument("--mimi-weights", default=None, help="local Mimi weights (.safetensors)")
     group.add_argument("--tokenizer", default=None, help="local text tokenizer (SentencePiece .model)")
@@ -41,6 +45,8 @@ def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
         quant = "q4"
     else:
         quant = (args.hf_repo and hub.repo_quant(args.hf_repo)) or choose_quant()[0]
+    if args.moshi_weights is None:
+        check_fits(quant)  # before anything is downloaded
     files = hub.resolve_files(
         hf_repo=args.hf_repo, voice=args.voice, quant=quant, moshi_weights=args.moshi_weights,
         mimi_weights=args.mimi_weights, tokenizer=args.tokenizer, config=args.config,
@@ -49,10 +55,44 @@ def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
     return files
 
 
-def load_pipeline(args: argparse.Namespace) -> Pipeline:
-    """Moshi, Mimi and the text tokenizer as the model and sampling options say."""
-    files = resolve_files(args)
+def model_inputs(args: argparse.Namespace, files: hub.ModelFiles | None = None) -> dict[str, str | Path | None]:
+    """The files the model options read (by option, then as resolved from the hub), for `check_outputs`."""
+    inputs: dict[str, str | Path | None] = {
+        "--moshi-weights": args.moshi_weights, "--mimi-weights": args.mimi_weights, "--tokenizer": args.tokenizer,
+        "--config": args.config,
+    }
+    if files is not None:
+        inputs.update({"the Moshi weights": files.moshi_weights, "the Mimi weights": files.mimi_weights,
+                       "the text tokenizer": files.tokenizer})
+    return inputs
+
+
+def check_model_files(files: hub.ModelFiles) -> None:
+    """What can be checked before the slow loading: the tokenizer against the model's text vocabulary (the
+    config's types and ranges are checked as it is read; the weights' dtypes and values as they load)."""
+    check_vocabulary(load_text_tokenizer(files.tokenizer), files.config, files.tokenizer)
+
+
+def load_files(args: argparse.Namespace, files: hub.ModelFiles) -> Pipeline:
     return Pipeline.load(
         files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
         seed=args.seed, temp=args.temp, temp_text=args.temp_text,
     )
+
+
+def quantization_note(args: argparse.Namespace, pipeline: Pipeline) -> str | None:
+    """One line when -q asked for another precision than the local weights file holds (it is used as it is)."""
+    if args.quant is None or args.moshi_weights is None:
+        return None
+    held = summarize_quantization(pipeline.gen.lm.quantization)
+    if held == hub.normalize_quant(args.quant):
+        return None
+    return (f"note: -q {args.quant} does not apply to --moshi-weights {Path(args.moshi_weights).name}: it holds "
+            f"{held} weights, used as they are")
+
+
+def load_pipeline(args: argparse.Namespace) -> Pipeline:
+    """Moshi, Mimi and the text tokenizer as the model and sampling options say."""
+    files = resolve_files(args)
+    check_model_files(files)
+    return load_files(args, files)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
-from moshi_mlx.errors import MoshiError
+from .checks import check_outputs  # noqa: F401 (re-exported: the subcommands' output check)
+
+MAX_TEMPERATURE = 100.0  # far past uniform sampling; larger values only overflow to inf and NaN
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,32 +40,25 @@ def seed(text: str) -> int:
 
 
 def temperature(text: str) -> float:
-    """A sampling temperature: a finite number >= 0 (0 = greedy)."""
+    """A sampling temperature: a number from 0 (greedy) to MAX_TEMPERATURE."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a temperature (a number >= 0; 0 = greedy)")
+    if not math.isfinite(value) or not 0 <= value <= MAX_TEMPERATURE:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a temperature (a number from 0 to {MAX_TEMPERATURE:g}; 0 = greedy, 1 = the model's "
+            "own distribution)"
+        )
     return value
 
 
-def check_outputs(outputs: dict[str, str | None], source: str | None = None) -> None:
-    """Output files (by option) that can be written, none of them the input or another output.
+def repo_id(text: str) -> str:
+    """A Hugging Face repo id (owner/name), checked as huggingface_hub checks it."""
+    from moshi_mlx.errors import MoshiError
+    from moshi_mlx.hub import check_repo_id
 
-    Checked before the model loads, so a mistake costs no waiting (and never clobbers the input).
-    """
-    seen = {Path(source).expanduser().resolve(): "the input file"} if source is not None else {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        target = Path(path).expanduser().resolve()
-        if target in seen:
-            raise MoshiError(f"{option} {path} is {seen[target]}: give another file name")
-        if target.is_dir():
-            raise MoshiError(f"cannot write {path}: it is a folder; give a file name")
-        if not target.parent.is_dir():
-            raise MoshiError(f"cannot write {path}: its folder does not exist")
-        if not os.access(target if target.exists() else target.parent, os.W_OK):
-            raise MoshiError(f"cannot write {path}: permission denied")
-        seen[target] = f"also given to {option}"
+    try:
+        return check_repo_id(text)
+    except MoshiError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

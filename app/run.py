@@ -13,10 +13,19 @@ from moshi_mlx.errors import MoshiError
 from moshi_mlx.filemode import run_file
 from moshi_mlx.pipeline import FrameEvent
 
+from .checks import check_outputs
 from .failure import Failed
 from .interrupt import interrupt_on_termination
-from .model_args import add_model_args, add_sampling_args, load_pipeline
-from .parser import Parser, check_outputs
+from .model_args import (
+    add_model_args,
+    add_sampling_args,
+    check_model_files,
+    load_files,
+    model_inputs,
+    quantization_note,
+    resolve_files,
+)
+from .parser import Parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,9 +50,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     interrupt_on_termination()
-    audio = read_mono_24k(args.input)  # bad input and output paths fail before the model loads
-    check_outputs({"--out": args.out, "--transcript": args.transcript}, source=args.input)
-    pipeline = load_pipeline(args)
+    # Everything that can be checked is, before the model loads and before an output is opened (an existing
+    # --out or --transcript is kept if anything is wrong): the input, the output paths, then the model's files.
+    audio = read_mono_24k(args.input)
+    outputs = {"--out": args.out, "--transcript": args.transcript}
+    check_outputs(outputs, model_inputs(args), source=args.input)
+    files = resolve_files(args)
+    check_outputs(outputs, model_inputs(args, files), source=args.input)
+    check_model_files(files)
+    pipeline = load_files(args, files)
+    if note := quantization_note(args, pipeline):
+        print(note, file=sys.stderr)
 
     frames_done, printed = 0, False
 

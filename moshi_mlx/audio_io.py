@@ -150,6 +150,12 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise MoshiError(f"cannot read audio file {path}: {str(e).splitlines()[0]}") from None
     if data.shape[0] == 0:
         raise MoshiError(f"audio file {path} is empty")
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        # Float WAVs can hold NaN or inf: Mimi would turn them into noise or silence without a word.
+        bad = int(np.count_nonzero(~finite))
+        raise MoshiError(f"audio file {path} is damaged: {bad} samples are NaN or infinite (the first at "
+                         f"{int(np.argmin(finite)) / rate:.2f} s); repair or re-export it")
     return data, int(rate)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,47 @@ PYTORCH_DEFAULTS: dict[str, Any] = {
     "depformer_multi_linear": False,
     "depformer_weights_per_step": False,
 }
+# Types and ranges of Kyutai's schema: (kind, smallest, largest, may be null). The upper bounds are far above any
+# released model (the 7B: dim 4096, 32 layers) and keep a typo from asking for terabytes.
+_INT, _NUM, _BOOL, _STR = "whole number", "number", "true or false", "string"
+SCHEMA: dict[str, tuple[str, float | None, float | None, bool]] = {
+    "dim": (_INT, 1, 65536, False),
+    "text_card": (_INT, 1, 1 << 20, False),
+    "existing_text_padding_id": (_INT, 0, 1 << 20, False),
+    "existing_text_end_padding_id": (_INT, 0, 1 << 20, False),
+    "n_q": (_INT, 1, 64, False),
+    "dep_q": (_INT, 0, 64, False),
+    "card": (_INT, 1, 1 << 20, False),
+    "num_heads": (_INT, 1, 1024, False),
+    "num_layers": (_INT, 1, 1024, False),
+    "hidden_scale": (_NUM, 1e-3, 64, False),
+    "causal": (_BOOL, None, None, False),
+    "layer_scale": (_NUM, 0, 1e6, True),
+    "context": (_INT, 1, 1 << 24, True),
+    "max_period": (_NUM, 1e-6, 1e12, False),
+    "gating": (_STR, None, None, False),
+    "norm": (_STR, None, None, False),
+    "positional_embedding": (_STR, None, None, False),
+    "depformer_dim": (_INT, 1, 65536, False),
+    "depformer_dim_feedforward": (_INT, 1, 1 << 20, True),
+    "depformer_num_heads": (_INT, 1, 1024, False),
+    "depformer_num_layers": (_INT, 1, 1024, False),
+    "depformer_causal": (_BOOL, None, None, True),
+    "depformer_layer_scale": (_NUM, 0, 1e6, True),
+    "depformer_multi_linear": (_BOOL, None, None, False),
+    "depformer_context": (_INT, 1, 1 << 24, True),
+    "depformer_max_period": (_NUM, 1e-6, 1e12, True),
+    "depformer_gating": (_STR, None, None, True),
+    "depformer_pos_emb": (_STR, None, None, False),
+    "depformer_weights_per_step": (_BOOL, None, None, False),
+    "depformer_low_rank_embeddings": (_INT, 1, 65536, True),
+    "demux_second_stream": (_BOOL, None, None, False),
+    "cross_attention": (_BOOL, None, None, False),
+}
+MAX_DELAY = 1000
+CHOICES = {"norm": NORMS, "gating": GATINGS, "depformer_gating": GATINGS, "positional_embedding":
+           POSITIONAL_EMBEDDINGS, "depformer_pos_emb": POSITIONAL_EMBEDDINGS}
+
 # Options of Kyutai's LM (also under a `depformer_` prefix) this port does not implement, with their "off" value.
 # (`quantize`, Kyutai's PyTorch int8 flag, is left to the loader: quantization is read off the tensors.)
 UNSUPPORTED: dict[str, Any] = {
@@ -97,13 +139,15 @@ class LmConfig:
         Keys left out take the defaults of Kyutai's `LMModel` (not the 7B's), as Kyutai's loader does; model
         settings this port does not implement raise a one-line `MoshiError` rather than being ignored.
         """
+        if not isinstance(d, dict):
+            raise MoshiError(f"invalid model config: it holds {_describe(d)}, not a JSON object of Kyutai's keys")
         missing = [k for k in REQUIRED_KEYS if k not in d]
         if missing:
             raise MoshiError(f"invalid model config: it lacks {', '.join(missing)}")
         unsupported = [f"{key} {d[key]!r}" for key in d if _is_unsupported(key, d[key])]
         if d.get("text_card_out") not in (None, d["text_card"]):
             unsupported.append(f"text_card_out {d['text_card_out']!r}")
-        if not isinstance(d.get("depformer_dim_feedforward", 0), int | None):
+        if isinstance(d.get("depformer_dim_feedforward"), list):
             unsupported.append(f"depformer_dim_feedforward {d['depformer_dim_feedforward']!r}")
         if unsupported:
             raise MoshiError(f"invalid model config: unsupported {'; '.join(unsupported)}")
@@ -128,7 +172,10 @@ class LmConfig:
                 d = json.load(f)
         except (OSError, ValueError) as e:
             raise MoshiError(f"cannot read model config {path}: {e}") from None
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except MoshiError as e:
+            raise MoshiError(str(e).replace("invalid model config:", f"invalid model config {path}:", 1)) from None
 
     @classmethod
     def moshi_7b(cls) -> LmConfig:
@@ -144,6 +191,7 @@ class LmConfig:
         return d
 
     def _check(self) -> None:
+        _check_schema(self)
         problems = []
         if len(self.delays) != self.n_q + 1:
             problems.append(f"{len(self.delays)} delays for {self.n_q + 1} streams")
@@ -159,10 +207,24 @@ class LmConfig:
         for key in ("positional_embedding", "depformer_pos_emb"):
             if getattr(self, key) not in POSITIONAL_EMBEDDINGS:
                 problems.append(f"unsupported {key} {getattr(self, key)!r}")
-        if self.dim % self.num_heads or self.depformer_dim % self.depformer_num_heads:
-            problems.append("dims not divisible by the number of heads")
+        for prefix, dim, heads in (("", self.dim, self.num_heads), ("depformer_", self.depformer_dim,
+                                                                     self.depformer_num_heads)):
+            if dim % heads:
+                problems.append(f"{prefix}dim {dim} is not divisible by {prefix}num_heads {heads}")
+            elif (dim // heads) % 2 and ("rope" in self.positional_embedding if not prefix
+                                        else "rope" in self.depformer_pos_emb):
+                problems.append(f"{prefix}dim / {prefix}num_heads = {dim // heads} is odd: rotary embeddings "
+                                "rotate pairs")
+        if int(self.hidden_scale * self.dim) < 3:
+            problems.append(f"hidden_scale {self.hidden_scale} x dim {self.dim} leaves the MLP no width")
+        for key in ("existing_text_padding_id", "existing_text_end_padding_id"):
+            if getattr(self, key) >= self.text_card:
+                problems.append(f"{key} {getattr(self, key)} is not below text_card {self.text_card}")
         schedule = self.depformer_weights_per_step_schedule
-        if schedule is not None and len(schedule) != self.dep_q:
+        if schedule is not None and any(_not_int(j) or j < 0 or j >= max(self.dep_q, 1) for j in schedule):
+            problems.append(f"depformer_weights_per_step_schedule {schedule!r}: expected whole numbers from 0 "
+                            f"to dep_q - 1 ({self.dep_q - 1})")
+        elif schedule is not None and len(schedule) != self.dep_q:
             problems.append(f"depformer schedule has {len(schedule)} entries for dep_q {self.dep_q}")
         if not self.causal:
             problems.append("non-causal attention is not supported")
@@ -265,3 +327,58 @@ class TransformerConfig:
 def _is_unsupported(key: str, value: Any) -> bool:
     option = key if key in UNSUPPORTED else key.removeprefix("depformer_")
     return option in UNSUPPORTED and value != UNSUPPORTED[option]
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__} ({value!r})" if not isinstance(value, str) \
+        else f"a string ({value!r})"
+
+
+def _not_int(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _check_value(key: str, value: Any, kind: str, lo: float | None, hi: float | None, nullable: bool) -> str | None:
+    """None when `value` fits; else what is wrong, naming the key, the value and what is expected."""
+    if lo is None:
+        expected = kind if kind == _BOOL else f"a {kind}"
+    else:
+        expected = f"a {kind} from {lo:g} to {hi:g}" if kind == _NUM else f"a {kind} from {lo} to {hi}"
+    expected += " or null" if nullable else ""
+    if value is None:
+        return None if nullable else f"{key} is null: expected {expected}"
+    if kind == _BOOL:
+        ok = isinstance(value, bool)
+    elif kind == _STR:
+        ok = isinstance(value, str)
+    elif kind == _INT:
+        ok = not _not_int(value)
+    else:
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = lo <= value <= hi
+    return None if ok else f"{key} {value!r}: expected {expected}"
+
+
+def _check_schema(cfg: LmConfig) -> None:
+    """Types and ranges first: the consistency checks and the model's code rely on them."""
+    problems = [p for key, rule in SCHEMA.items()
+                if key not in CHOICES and (p := _check_value(key, getattr(cfg, key), *rule))]
+    for key, choices in CHOICES.items():
+        value = getattr(cfg, key)
+        if not (value is None and SCHEMA[key][3]) and not (isinstance(value, str) and value in choices):
+            shown = "is null" if value is None else repr(value)
+            problems.append(f"{key} {shown}: expected one of {', '.join(choices)}")
+    for key in ("delays", "depformer_weights_per_step_schedule"):
+        value = getattr(cfg, key)
+        if not (value is None and key != "delays") and not isinstance(value, list):
+            problems.append(f"{key} {value!r}: expected a list of whole numbers")
+    if isinstance(cfg.delays, list):
+        bad = [d for d in cfg.delays if _not_int(d) or not 0 <= d <= MAX_DELAY]
+        if bad:
+            problems.append(f"delays {cfg.delays!r}: expected whole numbers from 0 to {MAX_DELAY} (steps), "
+                            f"not {bad[0]!r}")
+    if cfg.conditioners is not None and not isinstance(cfg.conditioners, dict):
+        problems.append(f"conditioners {cfg.conditioners!r}: expected an object or null")
+    if problems:
+        raise MoshiError("invalid model config: " + "; ".join(problems))

@@ -6,13 +6,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
 )
+from huggingface_hub.utils import get_session, validate_repo_id
 
 from .config import LmConfig
 from .errors import MoshiError
@@ -23,6 +25,11 @@ MOSHI_FILES = {"q4": "model.q4.safetensors", "q8": "model.q8.safetensors", "bf16
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
 CONFIG_FILE = "config.json"
+# How long the one look at the hub may take before the network counts as missing (a hub that answers at all,
+# even with an error, counts as reachable).
+PROBE_TIMEOUT_S = 3.0
+_reachable: bool | None = None  # the probe's answer, once per process
+_OFFLINE_SET = constants.HF_HUB_OFFLINE  # HF_HUB_OFFLINE as the user set it
 
 
 @dataclass
@@ -54,11 +61,51 @@ def default_repo(voice: str = "moshiko", quant: str | int = "q4") -> str:
 def repo_quant(repo: str) -> str | None:
     """The quantization a repo holds, for --hf-repo without -q: the one whose Moshi file is in the cache, else the
     one its name ends with (kyutai/moshiko-mlx-q4); None when neither tells."""
+    check_repo_id(repo)
     held = [quant for quant, name in MOSHI_FILES.items() if _cached(repo, name)]
     if len(held) == 1:
         return held[0]
     suffix = repo.lower().rsplit("-", 1)[-1]
     return suffix if suffix in QUANTS else None
+
+
+def check_repo_id(repo: str) -> str:
+    """`repo` when it is a valid Hugging Face repo id, else one line saying what one looks like."""
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise MoshiError(
+            f"{repo!r} is not a Hugging Face repo id: owner/name in letters, digits, '-', '_' and '.', "
+            "e.g. kyutai/moshiko-mlx-q4"
+        ) from None
+    return repo
+
+
+def hub_reachable() -> bool:
+    """Whether the hub answers, asked once per process with a short timeout.
+
+    Without this, an offline machine with nothing cached waits through huggingface_hub's retries (about 45 s
+    and 20 warning lines per file, forever on a network that drops packets); after a failed look every request
+    is made from the cache only, and the missing file is reported in one line.
+    """
+    global _reachable
+    if _reachable is None:
+        if constants.HF_HUB_OFFLINE:
+            _reachable = False
+        else:
+            try:
+                get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S, follow_redirects=False)
+                _reachable = True
+            except Exception:  # httpx's connection, timeout and proxy errors, or offline mode
+                _reachable = False
+                # As HF_HUB_OFFLINE=1 from now on: huggingface_hub makes requests of its own too (its user-agent
+                # registry, 3 s more on a network that drops packets).
+                constants.HF_HUB_OFFLINE = True
+    return _reachable
+
+
+def offline_hint() -> str:
+    return "HF_HUB_OFFLINE is set" if _OFFLINE_SET else f"{constants.ENDPOINT} cannot be reached"
 
 
 def download_command(repo: str, quant: str = "q4") -> str:
@@ -80,15 +127,16 @@ def fetch(repo: str, filename: str, quant: str = "q4", cached_first: bool = True
 
     `cached_first=False` asks the hub for a newer version of a cached file (what `moshi-mlx download` does).
     """
+    check_repo_id(repo)
     cached = _cached(repo, filename) if cached_first else None
     if cached:
         return cached
     try:
-        return Path(hf_hub_download(repo, filename))
+        return Path(hf_hub_download(repo, filename, local_files_only=not hub_reachable()))
     except LocalEntryNotFoundError:
         raise MoshiError(
             f"{filename} of {repo} is not in the Hugging Face cache and cannot be downloaded now "
-            f"(offline); run `{download_command(repo, quant)}` while online"
+            f"(offline: {offline_hint()}); run `{download_command(repo, quant)}` while online"
         ) from None
     except RepositoryNotFoundError:
         raise MoshiError(f"Hugging Face repo {repo} not found (or private): check --hf-repo") from None
@@ -100,11 +148,12 @@ def fetch(repo: str, filename: str, quant: str = "q4", cached_first: bool = True
 
 def _repo_config(repo: str, cached_first: bool = True) -> dict | None:
     """The repo's config.json (newer Kyutai repos carry one), or None."""
+    check_repo_id(repo)
     cached = _cached(repo, CONFIG_FILE) if cached_first else None
     if cached is False:
         return None
     try:
-        path = cached or hf_hub_download(repo, CONFIG_FILE)
+        path = cached or hf_hub_download(repo, CONFIG_FILE, local_files_only=not hub_reachable())
     except (EntryNotFoundError, LocalEntryNotFoundError):
         return None
     except (RepositoryNotFoundError, HfHubHTTPError, OSError):
@@ -139,7 +188,7 @@ def resolve_files(
 ) -> ModelFiles:
     """Every file a conversation needs: local paths win, the rest comes from the repo."""
     quant = normalize_quant(quant)
-    repo = hf_repo
+    repo = check_repo_id(hf_repo) if hf_repo is not None else None
     if repo is None and not (moshi_weights and mimi_weights and tokenizer):
         repo = default_repo(voice, quant)
     repo_config = _repo_config(repo) if repo and config is None else None
@@ -169,6 +218,9 @@ def resolve_files(
 def download(repo: str, quant: str | int = "q4") -> list[Path]:
     """Fetch everything `resolve_files` will need from `repo`, for offline use later."""
     quant = normalize_quant(quant)
+    check_repo_id(repo)
+    if not hub_reachable():
+        raise MoshiError(f"cannot download {repo}: {offline_hint()} (no network?); connect to the internet")
     repo_config = _repo_config(repo, cached_first=False) or {}
     names = [
         repo_config.get("moshi_name") or MOSHI_FILES[quant],

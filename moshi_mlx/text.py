@@ -14,3 +14,16 @@ def text_piece(tokenizer: Any, token: int) -> str | None:
     if tokenizer.is_control(token) or tokenizer.is_unknown(token):
         return None
     return tokenizer.id_to_piece(token).replace("\u2581", " ")
+
+
+def check_vocabulary(tokenizer: Any, config: Any, path: Any = "the text tokenizer") -> None:
+    """The tokenizer must have one piece per text token of the model: with fewer, words past its end are dropped;
+    with more, it belongs to another model."""
+    from .errors import MoshiError
+
+    size = tokenizer.vocab_size()
+    if size != config.text_card:
+        raise MoshiError(
+            f"text tokenizer {path} has {size} pieces but the model has {config.text_card} text tokens "
+            "(text_card): give this model's tokenizer (--tokenizer) or its config (--config)"
+        )

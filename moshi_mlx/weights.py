@@ -246,14 +246,40 @@ def load_lm(
     if quantization:
         nn.quantize(model, class_predicate=lambda p, m: quantization.get(p, False))
     _check_names(model, weights, path)
+    _check_dtypes(weights, quantization, path)
     weights = {
         n: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for n, v in weights.items()
     }
     model.load_weights(list(weights.items()), strict=True)
     model.quantization = MappingProxyType(quantization)
     model.eval()
-    mx.eval(model.parameters())
+    floats = [n for n, v in weights.items() if mx.issubdtype(v.dtype, mx.floating)]
+    # One isfinite reduction per tensor, evaluated with the load itself: a damaged file fails here, not as a
+    # silent blank transcript later.
+    finite = mx.stack([mx.isfinite(weights[n]).all() for n in floats]) if floats else mx.array([True])
+    mx.eval(model.parameters(), finite)
+    if not finite.all().item():
+        bad = floats[int(mx.argmin(finite.astype(mx.int32)).item())]
+        raise MoshiError(f"{path.name} is damaged: tensor '{bad}' holds NaN or infinite values "
+                         "(download or convert the weights again)")
     return model
+
+
+def _check_dtypes(weights: dict[str, mx.array], quantization: Mapping[str, object], path: Path) -> None:
+    """Packed quantized weights are uint32; everything else must be floating point (an integer tensor where
+    floats belong would load, then fail or sample garbage at the first step)."""
+    for name, value in weights.items():
+        packed = name.endswith(".weight") and name[: -len(".weight")] in quantization
+        if packed and value.dtype != mx.uint32:
+            raise MoshiError(f"{path.name}: quantized tensor '{name}' is {_dtype(value)}, expected uint32 "
+                             "(not a Moshi checkpoint)")
+        if not packed and not mx.issubdtype(value.dtype, mx.floating):
+            raise MoshiError(f"{path.name}: tensor '{name}' is {_dtype(value)}, expected floating point "
+                             "(bf16, f16 or f32): not a Moshi checkpoint")
+
+
+def _dtype(value: mx.array) -> str:
+    return str(value.dtype).removeprefix("mlx.core.")
 
 
 def _as_config(config: LmConfig | str | Path | dict | None) -> LmConfig:

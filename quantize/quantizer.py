@@ -163,6 +163,9 @@ def quantize_checkpoint(
         with SafetensorsWriter(weights_path, layout.specs, metadata={"format": "mlx"}) as writer:
             for in_name, outs in layout.outputs.items():
                 value = reader.read(in_name)
+                if not mx.isfinite(value).all().item():  # the unfinished output is dropped
+                    raise MoshiError(f"{reader.path.name} is damaged: tensor '{in_name}' holds NaN or infinite "
+                                     "values (download the weights again)")
                 renamed = sanitize({in_name: value}, config) if layout.pytorch_names else {in_name: value}
                 for name, spec in outs:
                     for out_name, array in _quantized(name, renamed[name], spec):

@@ -59,9 +59,11 @@ def random_codes(config: LmConfig, steps: int = 64, batch: int = 4, seed: int = 
     return np.concatenate([text, audio], axis=1)
 
 
-def wav_codes(wav: str | Path, mimi_weights: str | Path, config: LmConfig, max_steps: int = 250) -> np.ndarray:
-    """Codes `[1, 1 + n_q, T]` of a recording: its Mimi codes fill Moshi's and the user's audio streams, the
-    text stream is padding (as when nobody speaks in Moshi's text)."""
+def wav_codes(
+    wav: str | Path | np.ndarray, mimi_weights: str | Path, config: LmConfig, max_steps: int = 250
+) -> np.ndarray:
+    """Codes `[1, 1 + n_q, T]` of a recording (a file, or mono 24 kHz samples): its Mimi codes fill Moshi's and
+    the user's audio streams, the text stream is padding (as when nobody speaks in Moshi's text)."""
     from moshi_mlx.audio_io import read_mono_24k
     from moshi_mlx.codec import load_codec
     from moshi_mlx.codec.base import FRAME_SIZE
@@ -70,10 +72,11 @@ def wav_codes(wav: str | Path, mimi_weights: str | Path, config: LmConfig, max_s
     if config.card < codec.cardinality:
         raise MoshiError(f"the model's audio tables have {config.card} entries, Mimi's codes go up to "
                          f"{codec.cardinality}: use random codes (drop --wav) for this model")
-    pcm = read_mono_24k(wav)
+    pcm = wav if isinstance(wav, np.ndarray) else read_mono_24k(wav)
     steps = min(max_steps, len(pcm) // FRAME_SIZE)
     if steps < 2:
-        raise MoshiError(f"{wav} is shorter than two 80 ms frames")
+        raise MoshiError(f"{'the recording' if isinstance(wav, np.ndarray) else wav} is shorter than two 80 ms "
+                         "frames")
     frames = np.stack([codec.encode(pcm[t * FRAME_SIZE : (t + 1) * FRAME_SIZE]) for t in range(steps)], axis=1)
     codes = np.empty((1, 1 + config.n_q, steps), dtype=np.int64)
     codes[0, 0] = config.existing_text_padding_id

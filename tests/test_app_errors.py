@@ -84,11 +84,18 @@ def test_missing_file_offline_names_the_download_command(virtual_audio, tmp_path
 
 @pytest.mark.audio
 def test_weights_that_do_not_fit_the_config(virtual_audio, tiny_model):
-    # Without --config the 7B's config is assumed: the tiny checkpoint does not fit it.
+    # Without --config the 7B's config is assumed: the tiny tokenizer (checked first, it loads at once) and the
+    # tiny checkpoint do not fit it.
     args = ["--moshi-weights", tiny_model.moshi_weights, "--mimi-weights", tiny_model.mimi_weights,
             "--tokenizer", tiny_model.tokenizer]
     err = one_line_error(moshi("chat", *args))
-    assert err.startswith("error: model.safetensors does not fit the model config: ") and "--config" in err
+    assert err.startswith(f"error: text tokenizer {tiny_model.tokenizer} has 64 pieces but the model has 32000 ")
+    assert "--config" in err
+    # The weights alone (no 32000-piece tokenizer can be trained on the fixture's text).
+    from moshi_mlx import MoshiError, load_lm
+
+    with pytest.raises(MoshiError, match="model.safetensors does not fit the model config: .*--config"):
+        load_lm(tiny_model.moshi_weights)
 
 
 @pytest.mark.audio

@@ -114,7 +114,7 @@ def test_blend_joins_the_old_and_new_outputs_at_the_takeover():
 
 def test_settings_that_cannot_work_are_refused():
     with pytest.raises(ValueError, match="prime_frames"):
-        RenewingStream("encoder", lambda: WindowedStream(3, 10), limit=100, renew_every=10, prime_frames=20)
+        RenewingStream("encoder", lambda: WindowedStream(3, 10), limit=100, renew_every=10, prime_frames=0)
     with pytest.raises(ValueError, match="limit"):
         RenewingStream("encoder", lambda: WindowedStream(3, 10), limit=100, renew_every=80, prime_frames=30)
 

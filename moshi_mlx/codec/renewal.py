@@ -44,9 +44,8 @@ class RenewingStream(Generic[In, Out]):
         blend: Callable[[Out, Out], Out] | None = None,
         notify: Callable[[str], None] | None = None,
     ):
-        if not (0 < prime_frames <= renew_every and prime_frames + renew_every < limit):
-            raise ValueError(f"need 0 < prime_frames ({prime_frames}) <= renew_every ({renew_every}) and "
-                             f"prime_frames + renew_every < limit ({limit})")
+        if not (prime_frames > 0 and renew_every > 0 and prime_frames + renew_every < limit):
+            raise ValueError(f"need prime_frames ({prime_frames}) + renew_every ({renew_every}) < limit ({limit})")
         self.name, self.limit, self.renew_every, self.prime_frames = name, limit, renew_every, prime_frames
         self._start, self._blend, self._notify = start, blend, notify
         self._step: Step = start()
