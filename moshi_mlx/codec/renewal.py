@@ -27,11 +27,14 @@ class RenewingStream(Generic[In, Out]):
     """One direction of a streaming codec (the encoder or the decoder), renewed every `renew_every` frames.
 
     `start()` makes a fresh stream: a function taking one frame's input to its output. `limit` is the number of
-    frames a stream can take, priming included; a renewal starts once the stream has served `renew_every` frames,
-    and if the successor has not caught up when the old stream reaches `limit`, the caller waits for it (a slow
-    machine; logged). `blend(old, new)` joins the two outputs of the
-    frame where the successor takes over (e.g. a crossfade of decoded audio); by default the successor's is used.
-    `notify` gets one line when a failed stream had to be replaced.
+    frames a stream can take, priming included; a renewal starts once the stream has served `renew_every` frames.
+    The caller waits for the successor when it falls more than `max_behind` frames behind (frames run flat out, as
+    in a file, would otherwise outrun it until the limit, and the old stream's memory with them; live, a successor
+    with a core of its own catches up long before) or when the old stream reaches `limit`; waits are logged.
+    `blend(old, new)` joins the two outputs of the frame where the successor takes over (e.g. a crossfade of
+    decoded audio); by default the successor's is used. `notify` gets one line when a failed stream had to be
+    replaced; `released()` is called once an old stream has been let go (e.g. to hand its memory back).
+    `first_after` (default `renew_every`) moves the first renewal, so that two streams do not renew at once.
     """
 
     def __init__(
@@ -41,18 +44,24 @@ class RenewingStream(Generic[In, Out]):
         limit: int,
         renew_every: int,
         prime_frames: int = 130,
+        max_behind: int | None = None,
+        first_after: int | None = None,
         blend: Callable[[Out, Out], Out] | None = None,
         notify: Callable[[str], None] | None = None,
+        released: Callable[[], None] | None = None,
     ):
         if not (prime_frames > 0 and renew_every > 0 and prime_frames + renew_every < limit):
             raise ValueError(f"need prime_frames ({prime_frames}) + renew_every ({renew_every}) < limit ({limit})")
         self.name, self.limit, self.renew_every, self.prime_frames = name, limit, renew_every, prime_frames
-        self._start, self._blend, self._notify = start, blend, notify
+        self.max_behind = prime_frames if max_behind is None else max_behind
+        self._start, self._blend, self._notify, self._released = start, blend, notify, released
         self._step: Step = start()
         self._position = 0  # frames the current stream has taken
-        self._served = 0  # of those, frames whose output was used
+        # Of those, frames whose output was used (counted from renew_every - first_after for the first stream).
+        self._served = renew_every - (renew_every if first_after is None else first_after)
         self._history: deque[In] = deque(maxlen=prime_frames)
         self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)  # the successor took a frame, or is ready, or failed
         self._primer: threading.Thread | None = None
         self._pending: deque[In] = deque()  # inputs the successor still has to take
         self._successor: tuple[Step, int] | None = None  # (stream, its position) once caught up
@@ -65,7 +74,9 @@ class RenewingStream(Generic[In, Out]):
         due = self._served >= self.renew_every or self._position + self.renew_every >= self.limit
         if self._primer is None and due:
             self._begin_renewal()
-        if self._primer is not None and self._position >= self.limit - 1:
+        if self._primer is not None and (
+            self._position >= self.limit - 1 or len(self._pending) >= self.max_behind
+        ):
             self._wait_for_successor()
         with self._lock:
             successor, self._successor = self._successor, None
@@ -101,18 +112,22 @@ class RenewingStream(Generic[In, Out]):
                 with self._lock:
                     if not self._pending:
                         self._successor = (step, position)
+                        self._progress.notify_all()
                         return
                     x = self._pending.popleft()
                 step(x)
                 position += 1
         except BaseException as e:  # the caller replaces the stream itself
-            self._primer_error = e
             with self._lock:
+                self._primer_error = e
                 self._pending.clear()
+                self._progress.notify_all()
 
     def _wait_for_successor(self) -> None:
         start = time.perf_counter()
         assert self._primer is not None
+        with self._lock:
+            self._progress.wait_for(lambda: self._successor is not None or self._primer_error is not None)
         self._primer.join()
         waited = time.perf_counter() - start
         self.waited_s += waited
@@ -132,6 +147,8 @@ class RenewingStream(Generic[In, Out]):
                 out = new
         self._step, self._position, self._served, self._primer = step, position + 1, 1, None
         self.renewals += 1
+        if self._released is not None:
+            self._released()
         log.debug("Mimi %s renewed (%d so far)", self.name, self.renewals)
         return out
 

@@ -7,6 +7,7 @@ limit: that bounds both the length of a conversation and the memory it takes.
 
 from __future__ import annotations
 
+import ctypes
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,11 @@ class RustyMimi:
             return self._load().decode_step
 
         common = dict(limit=self.limit, renew_every=self.renew_every, prime_frames=self.prime_frames,
-                      notify=self._notices.append)
+                      notify=self._notices.append, released=release_freed_memory)
         return (RenewingStream("encoder", encoder, **common),
-                RenewingStream("decoder", decoder, blend=crossfade_frames, **common))
+                # Half a period apart: one successor loads and primes at a time (about 370 MB while it does).
+                RenewingStream("decoder", decoder, blend=crossfade_frames, first_after=self.renew_every // 2,
+                               **common))
 
     def encode(self, frame: np.ndarray) -> np.ndarray:
         pcm = check_frame(frame, self.frame_size).copy()  # kept for priming: the caller may reuse its buffer
@@ -126,6 +129,15 @@ class RustyMimi:
     def close(self) -> None:
         self._encoder.close()
         self._decoder.close()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed by a replaced tokenizer back to the system (glibc keeps it otherwise; other C
+    libraries, macOS's included, return large blocks by themselves)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def crossfade_frames(old: np.ndarray, new: np.ndarray) -> np.ndarray:
