@@ -33,6 +33,7 @@ FILE_ROLES: dict[str, str] = {
     "hf_repo": NOT_A_FILE,
     "input_device": NOT_A_FILE,
     "output_device": NOT_A_FILE,
+    "simulate_echo": NOT_A_FILE,  # DELAY_MS[:GAIN_DB]
 }
 
 PathLike = str | os.PathLike
