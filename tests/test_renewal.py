@@ -125,3 +125,21 @@ def test_crossfade_goes_from_old_to_new():
     old, new = np.ones(1920, np.float32), np.zeros(1920, np.float32)
     out = crossfade(old, new)
     assert out[0] == 1.0 and out[-1] == 0.0 and np.all(np.diff(out) <= 0) and out.dtype == np.float32
+
+
+def test_first_after_staggers_two_streams():
+    def stream(first_after=None):
+        return RenewingStream("decoder", lambda: WindowedStream(window=3, limit=100), limit=100, renew_every=40,
+                              prime_frames=5, first_after=first_after)
+
+    encoder, decoder = stream(), stream(first_after=20)
+    started = {"encoder": [], "decoder": []}
+    for t in range(60):
+        for name, s in (("encoder", encoder), ("decoder", decoder)):
+            before = s._primer is not None
+            s(t)
+            if s._primer is not None and not before:
+                started[name].append(t)
+    encoder.close()
+    decoder.close()
+    assert started["decoder"][0] == 20 and started["encoder"][0] == 40
