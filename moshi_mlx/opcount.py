@@ -1,10 +1,11 @@
 """Count the operations MLX evaluates and the host synchronisations that evaluate them.
 
 Every way Python code can make MLX compute and wait (`mx.eval`, and `item`, `tolist`, `bool`, `int`, `float` on
-an array) is wrapped while an `OpCounter` is active: before the wait, the pending graph of what is being
-evaluated is exported with `mx.export_to_dot` and its operation nodes are counted. Arrays already evaluated
-appear as leaves, so over a step the counts add up to the operations run, each once; a compiled function counts
-one node per fused kernel it runs. Reading an array with `np.array` is not wrapped: call `sync` first.
+an array) is wrapped while an `OpCounter` is active: before the wait, the pending graph of what is being evaluated
+is exported with `mx.export_to_dot` and its operation nodes are counted. Arrays already evaluated appear as
+leaves, so over a step the counts add up to the operations run, each once; a compiled function counts one node
+per fused kernel it runs. `mx.async_eval` is counted too (not as a sync) and run at once. Reading an array with
+`np.array` is not wrapped: call `sync` first.
 
 This module imports nothing but MLX, so another package's environment can load it by path (benchmarks/).
 """
@@ -58,9 +59,14 @@ class OpCounter:
         self.by_name.clear()
         self.syncs = 0
 
+    def _async_eval(self, *arrays: Any) -> None:
+        # Counted (not as a sync) and run at once: work left in flight would be counted again at the next sync.
+        self.by_name.update(graph_ops(*arrays))
+        self._saved["eval"](*arrays)
+
     def __enter__(self) -> OpCounter:
-        self._saved["eval"] = mx.eval
-        mx.eval = self.sync
+        self._saved["eval"], self._saved["async_eval"] = mx.eval, mx.async_eval
+        mx.eval, mx.async_eval = self.sync, self._async_eval
         for name in _READERS:
             original = getattr(mx.array, name, None)
             if original is None:
@@ -75,7 +81,7 @@ class OpCounter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        mx.eval = self._saved.pop("eval")
+        mx.eval, mx.async_eval = self._saved.pop("eval"), self._saved.pop("async_eval")
         for name, original in self._saved.items():
             setattr(mx.array, name, original)
         self._saved.clear()
