@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,10 @@ class LmGen:
         self.sample_audio = _sampler(temp, top_k, cfg.card)
         self.seed = seed
         self.num_user = cfg.n_q - cfg.dep_q
+        self._compile = compile
         self._segments = self._make_segments(compile)
+        self._profile_parts: list[Callable[..., Any]] | None = None
+        self._timings: list[float] | None = None
         self.reset()
 
     def _make_segments(self, compile: bool) -> list[Callable[..., Any]]:
@@ -130,13 +134,17 @@ class LmGen:
         x = layers[i - 1].finish(x, attention)
         return (x, *layers[i].attention_inputs(x, offset))
 
-    def _last_segment(self, x: mx.array, attention: mx.array) -> mx.array:
+    def _text_segment(self, x: mx.array, attention: mx.array) -> tuple[mx.array, mx.array]:
         x = self.lm.transformer.layers[-1].finish(x, attention)
         hidden = self.lm.out_norm(x)
         text_logits = self.lm.text_linear(hidden).astype(mx.float32)
-        text = self.sample_text(text_logits).astype(mx.int32).reshape(1)
-        audio = self._run_depth(hidden, text, masked=False)[0]
-        return mx.concatenate([text, audio])
+        return hidden, self.sample_text(text_logits).astype(mx.int32).reshape(1)
+
+    def _depth_segment(self, hidden: mx.array, text: mx.array) -> mx.array:
+        return mx.concatenate([text, self._run_depth(hidden, text, masked=False)[0]])
+
+    def _last_segment(self, x: mx.array, attention: mx.array) -> mx.array:
+        return self._depth_segment(*self._text_segment(x, attention))
 
     def _generate(self, tokens: list[int]) -> mx.array:
         """Moshi's text token and audio codes `[1 + dep_q]` sampled at this step (not evaluated)."""
@@ -150,7 +158,22 @@ class LmGen:
             attention = layer.self_attn.attend(q, k, v, cache)
             if i + 1 < len(layers):
                 x, q, k, v = self._segments[i + 1](x, attention, offset)
-        return self._segments[-1](x, attention)
+        if self._timings is None:
+            return self._segments[-1](x, attention)
+        # Profiling: a sync once the text token is sampled splits the temporal from the depth transformer.
+        if self._profile_parts is None:
+            parts = [self._text_segment, self._depth_segment]
+            if self._compile:
+                state = [self.lm.state, mx.random.state]
+                parts = [partial(mx.compile, inputs=state, outputs=[mx.random.state])(f) for f in parts]
+            self._profile_parts = parts
+        hidden, text = self._profile_parts[0](x, attention)
+        mx.eval(hidden, text, mx.random.state)
+        split = time.perf_counter()
+        generated = self._profile_parts[1](hidden, text)
+        mx.eval(generated, mx.random.state)
+        self._timings += [split, time.perf_counter()]
+        return generated
 
     def _run_depth(
         self, hidden: mx.array, text: mx.array, forced: np.ndarray | None = None, masked: bool = True
@@ -174,6 +197,20 @@ class LmGen:
             all_logits.append(logits)
         return mx.concatenate(tokens), mx.stack(all_logits)
 
+    def profile_step(self, user_codes: Any) -> tuple[StepOutput, float, float]:
+        """`step`, timed in two parts: (output, temporal ms, depth ms).
+
+        For measurement only: a host sync once the text token is sampled ends the temporal part (embeddings,
+        temporal transformer, text logits and sampling); the depth transformer's eight steps follow.
+        """
+        self._timings = []
+        try:
+            out = self.step(user_codes)
+            start, split, end = self._timings
+        finally:
+            self._timings = None
+        return out, (split - start) * 1000, (end - split) * 1000
+
     def step(
         self,
         user_codes: Any,
@@ -189,6 +226,8 @@ class LmGen:
         if user.min() < 0 or user.max() >= cfg.card:
             raise ValueError(f"user codes must lie in [0, {cfg.card}), got {user.tolist()}: are they Mimi's codes?")
         self._user.append(user.astype(np.int32))
+        if self._timings is not None:
+            self._timings.append(time.perf_counter())
         tokens = self._input_tokens()
 
         extra = []
