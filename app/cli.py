@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "devices": "List audio input and output devices.",
     "download": "Fetch a model's files for offline use.",
     "quantize": "Quantize Kyutai's bf16 weights to 4 or 8 bits.",
+    "bench": "Measure speed and memory on this machine with random weights (no download).",
 }
 
 

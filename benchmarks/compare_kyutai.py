@@ -3,51 +3,72 @@
 Kyutai's package is also imported as `moshi_mlx`, so it lives in its own venv and runs in a subprocess:
 
     python3 -m venv /tmp/kmlx && /tmp/kmlx/bin/pip install moshi_mlx==0.3.0 "mlx[cpu]"   # [cpu] on Linux only
-    python benchmarks/compare_kyutai.py --kyutai-python /tmp/kmlx/bin/python [--sizes tiny small] [--rounds 2]
-        [--quant bf16|q8|q4]
+    python benchmarks/compare_kyutai.py --kyutai-python /tmp/kmlx/bin/python [--sizes tiny deep small]
+        [--rounds 3] [--quant bf16|q8|q4] [--markdown]
 
-Both load the same checkpoint (our MLX layout is Kyutai's; with --quant, the file `moshi-mlx quantize` writes,
-which Kyutai's code loads strictly after its own `nn.quantize`), run with the same sampling settings, and time
-`step` plus reading the tokens back on the host. Rounds alternate between the two to spread machine noise.
+Sizes: tiny (d 256, 2 layers; depth d 128, 2 layers), deep (the 7B's 32 temporal and 6 depth layers at d 256 /
+128: the 7B's operation count at a fraction of its arithmetic) and small (d 1024, 8 layers; depth d 512, 4 layers).
+Both programs load the same checkpoint (our MLX layout is Kyutai's; with --quant, the file `moshi-mlx quantize`
+writes, which Kyutai's code loads strictly after its own `nn.quantize`), run with the same sampling settings, and
+time `step` plus reading the tokens back on the host. Rounds alternate between the two to spread machine noise.
+
+Operations per frame: `moshi_mlx/opcount.py` (loaded by path into Kyutai's venv too) counts the nodes of every
+graph the step evaluates, at each host synchronisation (`mx.eval`, `.item()`, `if array:` ...), over a few
+frames after the timed ones. On this CPU backend MLX's `mx.fast` kernels (RMS norm, RoPE, attention) count as
+the few operations each of their fallbacks is made of, for both programs alike; on Metal each is one kernel.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+# Depth feed-forward at 4.125 x dim: both implementations then size the gated MLP identically.
 SIZES = {
-    # Depth feed-forward at 4.125 x dim: both implementations then size the gated MLP identically.
     "tiny": dict(dim=256, num_heads=4, num_layers=2, depformer_dim=128, depformer_num_heads=4,
-                 depformer_num_layers=2, depformer_dim_feedforward=528, text_card=32000, card=2048),
+                 depformer_num_layers=2, depformer_dim_feedforward=528, text_card=32000, card=2048, context=3000),
+    "deep": dict(dim=256, num_heads=4, num_layers=32, depformer_dim=128, depformer_num_heads=4,
+                 depformer_num_layers=6, depformer_dim_feedforward=528, text_card=32000, card=2048, context=3000),
     "small": dict(dim=1024, num_heads=16, num_layers=8, depformer_dim=512, depformer_num_heads=8,
-                  depformer_num_layers=4, depformer_dim_feedforward=2112, text_card=32000, card=2048),
+                  depformer_num_layers=4, depformer_dim_feedforward=2112, text_card=32000, card=2048, context=3000),
 }
+COUNTED_FRAMES = 3
+WARMUP = 5
 
 
-def worker_ours(weights: str, config: str, frames: int, temp: float) -> list[float]:
+def _opcount():
+    spec = importlib.util.spec_from_file_location("opcount", ROOT / "moshi_mlx" / "opcount.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker_ours(weights: str, config: str, frames: int, temp: float) -> dict:
     import numpy as np
 
     from moshi_mlx import LmGen, load_lm
 
     gen = LmGen(load_lm(weights, config), temp=temp, temp_text=temp * 7 / 8, seed=0)
-    user = np.random.default_rng(0).integers(0, 2048, size=(frames, 8))
-    times = []
-    for t in range(frames):
-        start = time.perf_counter()
+    user = np.random.default_rng(0).integers(0, 2048, size=(frames + COUNTED_FRAMES, 8))
+
+    def step(t: int) -> None:
         out = gen.step(user[t])
         _ = out.text_token, out.audio_codes
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+
+    return _measure(step, frames)
 
 
-def worker_kyutai(weights: str, config: str, frames: int, temp: float) -> list[float]:
+def worker_kyutai(weights: str, config: str, frames: int, temp: float) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
@@ -63,30 +84,52 @@ def worker_kyutai(weights: str, config: str, frames: int, temp: float) -> list[f
     model.load_weights(weights, strict=True)
     mx.random.seed(0)
     gen = models.LmGen(
-        model=model, max_steps=frames + 5,
+        model=model, max_steps=frames + COUNTED_FRAMES + 5,
         text_sampler=utils.Sampler(temp=temp * 7 / 8, top_k=25) if temp else utils.Sampler(temp=0),
         audio_sampler=utils.Sampler(temp=temp, top_k=250) if temp else utils.Sampler(temp=0),
     )
-    user = np.random.default_rng(0).integers(0, 2048, size=(frames, 8))
-    times = []
-    for t in range(frames):
-        start = time.perf_counter()
+    user = np.random.default_rng(0).integers(0, 2048, size=(frames + COUNTED_FRAMES, 8))
+
+    def step(t: int) -> None:
         text = gen.step(mx.array(user[t : t + 1]))
         _ = text[0].item()
         audio = gen.last_audio_tokens()
         if audio is not None:
+            mx.eval(audio)  # what np.array does, made visible to the counter
             _ = np.array(audio)
+
+    return _measure(step, frames)
+
+
+def _measure(step, frames: int) -> dict:
+    opcount = _opcount()
+    times = []
+    for t in range(frames):
+        start = time.perf_counter()
+        step(t)
         times.append((time.perf_counter() - start) * 1000)
-    return times
+    with opcount.OpCounter() as counter:
+        for t in range(frames, frames + COUNTED_FRAMES):
+            step(t)
+    return {
+        "ms": statistics.median(times[WARMUP:]),  # the first frames include compilation and warm-up
+        "ops": counter.ops / COUNTED_FRAMES,
+        "syncs": counter.syncs / COUNTED_FRAMES,
+        "by_name": {k: v / COUNTED_FRAMES for k, v in counter.by_name.most_common()},
+    }
 
 
-def run_worker(python: str, which: str, weights: Path, config: Path, frames: int, temp: float) -> float:
+def run_worker(python: str, which: str, weights: Path, config: Path, frames: int, temp: float) -> dict:
     cmd = [python, __file__, "--worker", which, str(weights), str(config), str(frames), str(temp)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), check=False)
     if out.returncode != 0:
         sys.exit(f"{which} worker failed:\n{out.stderr[-2000:]}")
-    times = json.loads(out.stdout.strip().splitlines()[-1])
-    return statistics.median(times[5:])  # the first frames include compilation and warm-up
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mlx_version(python: str) -> str:
+    code = "import importlib.metadata as m; print(m.version('mlx'))"
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def main() -> None:
@@ -97,12 +140,13 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kyutai-python", required=True, help="python of a venv with Kyutai's moshi_mlx")
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "deep", "small"], choices=list(SIZES))
     parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--temp", type=float, default=0.8, help="audio temperature (0: greedy)")
     parser.add_argument("--quant", choices=["bf16", "q8", "q4"], default="bf16",
                         help="quantize with moshi-mlx's quantizer first (Kyutai's default group sizes)")
+    parser.add_argument("--ops", action="store_true", help="also print the operations per frame by primitive")
     args = parser.parse_args()
 
     from moshi_mlx.quantize.quantizer import quantize_checkpoint
@@ -111,6 +155,13 @@ def main() -> None:
     from moshi_mlx import LmConfig
     from moshi_mlx.testing import tiny_config, write_random_lm
 
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} {platform.system()}, "
+          f"{platform.processor() or ''} mlx {mlx_version(sys.executable)} (ours) / "
+          f"{mlx_version(args.kyutai_python)} (Kyutai's), {args.quant}, temp {args.temp}, {args.frames} frames, "
+          f"median of {args.rounds} alternating rounds")
+    print("| config | moshi-mlx ms/frame | moshi_mlx ms/frame | ratio | ops/frame ours | ops/frame Kyutai | ops ratio "
+          "| syncs/frame ours | syncs/frame Kyutai |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             weights, config = write_random_lm(Path(tmp) / size, tiny_config(**SIZES[size]))
@@ -123,10 +174,17 @@ def main() -> None:
             for _ in range(args.rounds):
                 ours.append(run_worker(sys.executable, "ours", weights, config, args.frames, args.temp))
                 theirs.append(run_worker(args.kyutai_python, "kyutai", weights, config, args.frames, args.temp))
-            o, k = statistics.median(ours), statistics.median(theirs)
-            print(f"{size:>6} {args.quant}: moshi-mlx {o:7.2f} ms/frame, Kyutai moshi_mlx {k:7.2f} ms/frame, "
-                  f"speed-up {k / o:.2f}x (rounds: ours {[round(x, 1) for x in ours]}, "
-                  f"Kyutai {[round(x, 1) for x in theirs]})")
+            o = statistics.median(r["ms"] for r in ours)
+            k = statistics.median(r["ms"] for r in theirs)
+            print(f"| {size} | {o:.1f} | {k:.1f} | {o / k:.2f} | {ours[0]['ops']:.0f} | {theirs[0]['ops']:.0f} | "
+                  f"{ours[0]['ops'] / theirs[0]['ops']:.2f} | {ours[0]['syncs']:g} | {theirs[0]['syncs']:g} |",
+                  flush=True)
+            print(f"<!-- {size} rounds ms: ours {[round(r['ms'], 1) for r in ours]}, "
+                  f"Kyutai {[round(r['ms'], 1) for r in theirs]} -->", flush=True)
+            if args.ops:
+                for name, result in (("ours", ours[0]), ("Kyutai", theirs[0])):
+                    top = ", ".join(f"{n} {v:g}" for n, v in list(result["by_name"].items())[:25])
+                    print(f"<!-- {size} {name}: {top} -->")
 
 
 if __name__ == "__main__":

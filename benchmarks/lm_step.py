@@ -4,7 +4,7 @@
 
 Sizes: tiny (dim 256, 2 layers; depth 128, 2 layers) and small (dim 1024, 8 layers; depth 512, 4 layers), the
 configs used for the reference timings of Kyutai's moshi_mlx in shared/reference/README.md. Prints ms per frame
-(median, p90) for the eager and the compiled depth transformer, and their ratio measured in the same run.
+(median, p90) for the eager and the compiled step (`LmGen(compile=...)`), and their ratio measured in the same run.
 """
 
 from __future__ import annotations

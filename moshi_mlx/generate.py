@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class LmGen:
 
     Step t feeds: the text and audio tokens sampled at t-1, the user's frame t on streams with delay 0 and
     frame t-1 on delayed ones; a stream gets its start token while t <= its delay.
+
+    A step runs the temporal transformer as compiled pieces between the layers' attentions (whose key count
+    grows), and the last layer's end, the text sampling and the depth transformer's eight steps as one compiled
+    function; tokens are assembled on the host, and the step synchronises with the device once.
     """
 
     def __init__(
@@ -62,12 +67,31 @@ class LmGen:
         self.sample_audio = _sampler(temp, top_k, cfg.card)
         self.seed = seed
         self.num_user = cfg.n_q - cfg.dep_q
-        # The depth transformer's 8 steps depend on nothing but this frame: compile them once.
-        self._depth = self._sample_depth
-        if compile:
-            state = [lm.state, mx.random.state]
-            self._depth = partial(mx.compile, inputs=state, outputs=[mx.random.state])(self._sample_depth)
+        self._compile = compile
+        self._segments = self._make_segments(compile)
+        self._profile_parts: list[Callable[..., Any]] | None = None
+        self._timings: list[float] | None = None
         self.reset()
+
+    def _make_segments(self, compile: bool) -> list[Callable[..., Any]]:
+        """Segment 0 sums the embeddings and starts layer 0; segment i ends layer i-1 and starts layer i; the
+        last ends the last layer, samples the text token and runs the depth transformer."""
+        layers = self.lm.transformer.layers
+        segments: list[Callable[..., Any]] = [self._first_segment]
+        segments += [partial(self._middle_segment, i) for i in range(1, len(layers))]
+        segments.append(self._last_segment)
+        if not compile:
+            return segments
+        # Each segment reads only its layers' weights, passed as implicit inputs (read afresh at each call, so
+        # loading new weights is seen); the random state goes in and out of the sampling one.
+        compiled = [mx.compile(segments[0], inputs=[layers[0].state])]
+        compiled += [
+            mx.compile(segment, inputs=[layers[i - 1].state, layers[i].state])
+            for i, segment in enumerate(segments[1:-1], start=1)
+        ]
+        state = [self.lm.state, mx.random.state]
+        compiled.append(partial(mx.compile, inputs=state, outputs=[mx.random.state])(segments[-1]))
+        return compiled
 
     def reset(self) -> None:
         """Start a new conversation."""
@@ -77,35 +101,93 @@ class LmGen:
         cfg = self.cfg
         self.step_index = 0
         self.cache = self.lm.make_cache()
-        starts = [cfg.text_card] + [cfg.card] * cfg.n_q
-        self._starts = mx.array(starts, dtype=mx.int32)
-        # Moshi's tokens sampled at the last max_delay + 1 steps, newest last, each [1 + dep_q].
-        self._generated: deque[mx.array] = deque(maxlen=cfg.max_delay + 1)
-        # The user's last max_delay + 1 frames, newest last, each [n_q - dep_q].
-        self._user: deque[mx.array] = deque(maxlen=cfg.max_delay + 1)
+        self._starts = [cfg.text_card] + [cfg.card] * cfg.n_q
+        # On the host: Moshi's tokens sampled at the last max_delay + 1 steps, newest last, each [1 + dep_q],
+        # and the user's last max_delay + 1 frames, each [n_q - dep_q].
+        self._generated: deque[np.ndarray] = deque(maxlen=cfg.max_delay + 1)
+        self._user: deque[np.ndarray] = deque(maxlen=cfg.max_delay + 1)
 
-    def _inputs(self) -> mx.array:
-        """Tokens `[1, K, 1]` fed to the temporal transformer at this step."""
+    def _input_tokens(self) -> list[int]:
+        """The K tokens fed to the temporal transformer at this step."""
         cfg, t = self.cfg, self.step_index
         dep = cfg.dep_q + 1
         tokens = []
         for k, d in enumerate(cfg.delays):
             if t <= d:
-                tokens.append(self._starts[k : k + 1])
+                tokens.append(self._starts[k])
             elif k < dep:
-                tokens.append(self._generated[-1][k : k + 1])
+                tokens.append(int(self._generated[-1][k]))
             else:
-                tokens.append(self._user[-1 - d][k - dep : k - dep + 1])
-        return mx.concatenate(tokens).reshape(1, -1, 1)
+                tokens.append(int(self._user[-1 - d][k - dep]))
+        return tokens
+
+    # The pieces of a step (compiled in __init__).
+    def _first_segment(self, rows: list[mx.array], offset: mx.array) -> tuple[mx.array, ...]:
+        x = rows[0]
+        for row in rows[1:]:
+            x = x + row
+        x = self.lm.transformer.add_positions(x, offset)
+        return (x, *self.lm.transformer.layers[0].attention_inputs(x, offset))
+
+    def _middle_segment(self, i: int, x: mx.array, attention: mx.array, offset: mx.array) -> tuple[mx.array, ...]:
+        layers = self.lm.transformer.layers
+        x = layers[i - 1].finish(x, attention)
+        return (x, *layers[i].attention_inputs(x, offset))
+
+    def _text_segment(self, x: mx.array, attention: mx.array) -> tuple[mx.array, mx.array]:
+        x = self.lm.transformer.layers[-1].finish(x, attention)
+        hidden = self.lm.out_norm(x)
+        text_logits = self.lm.text_linear(hidden).astype(mx.float32)
+        return hidden, self.sample_text(text_logits).astype(mx.int32).reshape(1)
+
+    def _depth_segment(self, hidden: mx.array, text: mx.array) -> mx.array:
+        return mx.concatenate([text, self._run_depth(hidden, text, masked=False)[0]])
+
+    def _last_segment(self, x: mx.array, attention: mx.array) -> mx.array:
+        return self._depth_segment(*self._text_segment(x, attention))
+
+    def _generate(self, tokens: list[int]) -> mx.array:
+        """Moshi's text token and audio codes `[1 + dep_q]` sampled at this step (not evaluated)."""
+        rows = self.lm.embedding_rows(tokens)
+        if not rows:  # every stream fed the zero token
+            rows = [mx.zeros_like(self.lm.embedding_rows([0])[0])]
+        offset = mx.array(self.cache[0].offset)
+        x, q, k, v = self._segments[0](rows, offset)
+        layers = self.lm.transformer.layers
+        for i, (layer, cache) in enumerate(zip(layers, self.cache, strict=True)):
+            attention = layer.self_attn.attend(q, k, v, cache)
+            if i + 1 < len(layers):
+                x, q, k, v = self._segments[i + 1](x, attention, offset)
+        if self._timings is None:
+            return self._segments[-1](x, attention)
+        # Profiling: a sync once the text token is sampled splits the temporal from the depth transformer.
+        if self._profile_parts is None:
+            parts = [self._text_segment, self._depth_segment]
+            if self._compile:
+                state = [self.lm.state, mx.random.state]
+                parts = [partial(mx.compile, inputs=state, outputs=[mx.random.state])(f) for f in parts]
+            self._profile_parts = parts
+        hidden, text = self._profile_parts[0](x, attention)
+        mx.eval(hidden, text, mx.random.state)
+        split = time.perf_counter()
+        generated = self._profile_parts[1](hidden, text)
+        mx.eval(generated, mx.random.state)
+        self._timings += [split, time.perf_counter()]
+        return generated
 
     def _run_depth(
-        self, hidden: mx.array, text: mx.array, forced: np.ndarray | None = None
+        self, hidden: mx.array, text: mx.array, forced: np.ndarray | None = None, masked: bool = True
     ) -> tuple[mx.array, mx.array]:
-        """Sample (or take from `forced`) the frame's codebooks in order; returns tokens and logits."""
+        """Sample (or take from `forced`) the frame's codebooks in order; returns tokens and logits.
+
+        `hidden` is `[1, 1, dim]` or one step's `[1, dim]`.
+        """
         caches = self.lm.make_depformer_cache()
         prev, tokens, all_logits = text, [], []
         for k in range(self.cfg.dep_q):
-            logits = self.lm.depformer.step(k, hidden, prev.reshape(1, 1), caches)[:, -1]
+            logits = self.lm.depformer.step(k, hidden, prev.reshape(hidden.shape[:-1]), caches, masked)
+            if logits.ndim == 3:
+                logits = logits[:, -1]
             logits = logits.astype(mx.float32)
             if forced is None:
                 prev = self.sample_audio(logits).astype(mx.int32).reshape(1)
@@ -115,8 +197,19 @@ class LmGen:
             all_logits.append(logits)
         return mx.concatenate(tokens), mx.stack(all_logits)
 
-    def _sample_depth(self, hidden: mx.array, text: mx.array) -> mx.array:
-        return self._run_depth(hidden, text)[0]
+    def profile_step(self, user_codes: Any) -> tuple[StepOutput, float, float]:
+        """`step`, timed in two parts: (output, temporal ms, depth ms).
+
+        For measurement only: a host sync once the text token is sampled ends the temporal part (embeddings,
+        temporal transformer, text logits and sampling); the depth transformer's eight steps follow.
+        """
+        self._timings = []
+        try:
+            out = self.step(user_codes)
+            start, split, end = self._timings
+        finally:
+            self._timings = None
+        return out, (split - start) * 1000, (end - split) * 1000
 
     def step(
         self,
@@ -132,43 +225,44 @@ class LmGen:
             raise ValueError(f"expected {self.num_user} user codes, got {user.shape[0]}")
         if user.min() < 0 or user.max() >= cfg.card:
             raise ValueError(f"user codes must lie in [0, {cfg.card}), got {user.tolist()}: are they Mimi's codes?")
-        self._user.append(mx.array(user.astype(np.int32)))
+        self._user.append(user.astype(np.int32))
+        if self._timings is not None:
+            self._timings.append(time.perf_counter())
+        tokens = self._input_tokens()
 
-        hidden, text_logits = self.lm.temporal(self._inputs(), self.cache)
-        text_logits = text_logits[:, -1].astype(mx.float32)
-        if force_text is None:
-            text = self.sample_text(text_logits)
+        extra = []
+        if force_text is None and force_audio is None and not return_logits:
+            generated = self._generate(tokens)
         else:
-            text = mx.array([int(force_text)], dtype=mx.int32)
-        text = text.astype(mx.int32).reshape(1)
-
-        if force_audio is None and not return_logits:
-            audio = self._depth(hidden, text)
-        else:
+            inputs = mx.array(tokens, dtype=mx.int32).reshape(1, -1, 1)
+            hidden, text_logits = self.lm.temporal(inputs, self.cache)
+            text_logits = text_logits[:, -1].astype(mx.float32)
+            if force_text is None:
+                text = self.sample_text(text_logits)
+            else:
+                text = mx.array([int(force_text)], dtype=mx.int32)
+            text = text.astype(mx.int32).reshape(1)
             forced = None if force_audio is None else np.asarray(force_audio).reshape(-1).astype(np.int32)
             audio, audio_logits = self._run_depth(hidden, text, forced)
-        generated = mx.concatenate([text, audio])
-        self._generated.append(generated)
-        self.step_index += 1
-
-        ready = self.step_index > cfg.max_delay
-        outputs = [generated[:1]]
-        if ready:
-            # Stream k of the completed frame was sampled max_delay - delay_k steps ago.
-            frame = [
-                self._generated[-1 - (cfg.max_delay - d)][k : k + 1]
-                for k, d in enumerate(cfg.delays[1 : cfg.dep_q + 1], start=1)
-            ]
-            outputs.append(mx.concatenate(frame))
-        extra = [text_logits[0], audio_logits[:, 0]] if return_logits else []
-        tokens = mx.concatenate(outputs)
+            generated = mx.concatenate([text, audio])
+            if return_logits:
+                extra = [text_logits[0], audio_logits[:, 0]]
         # The one host synchronisation of the step. The random state goes with it, so that no pending work is
         # left behind for another frame (or another thread: MLX's GPU streams are per thread).
-        mx.eval(tokens, *extra, mx.random.state)
-        host = np.array(tokens)
+        mx.eval(generated, *extra, mx.random.state)
+        self._generated.append(np.array(generated))
+        self.step_index += 1
+
+        audio_codes = None
+        if self.step_index > cfg.max_delay:
+            # Stream k of the completed frame was sampled max_delay - delay_k steps ago.
+            audio_codes = np.array([
+                self._generated[-1 - (cfg.max_delay - d)][k]
+                for k, d in enumerate(cfg.delays[1 : cfg.dep_q + 1], start=1)
+            ], dtype=np.int64)
         return StepOutput(
-            text_token=int(host[0]),
-            audio_codes=host[1:].astype(np.int64) if ready else None,
+            text_token=int(self._generated[-1][0]),
+            audio_codes=audio_codes,
             text_logits=np.array(extra[0]) if extra else None,
             audio_logits=np.array(extra[1]) if extra else None,
         )

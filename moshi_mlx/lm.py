@@ -36,8 +36,9 @@ class DepformerSlice(nn.Module):
         self.linear_out = nn.Linear(cfg.depformer_dim, cfg.card, bias=False)
         self.transformer = Transformer(cfg.depth_transformer())
 
-    def embed_token(self, tokens: mx.array) -> mx.array:
-        x = embed(self.emb, tokens)
+    def embed_token(self, tokens: mx.array, masked: bool = True) -> mx.array:
+        """`masked=False` when `tokens` cannot hold the zero token (saves its test)."""
+        x = embed(self.emb, tokens) if masked else self.emb(tokens)
         if "emb_low_rank" in self:
             x = self.emb_low_rank(x)
         return x
@@ -48,10 +49,15 @@ class Depformer(nn.Module):
         super().__init__()
         self.slices = [DepformerSlice(cfg, k) for k in range(cfg.dep_q)]
 
-    def step(self, k: int, temporal_out: mx.array, prev_token: mx.array, caches: list[Any]) -> mx.array:
-        """Logits of codebook k, given the previous token (text for k=0) and this frame's caches."""
+    def step(
+        self, k: int, temporal_out: mx.array, prev_token: mx.array, caches: list[Any], masked: bool = True
+    ) -> mx.array:
+        """Logits of codebook k, given the previous token (text for k=0) and this frame's caches.
+
+        Shapes: `[B, 1, dim]` and `[B, 1]`, or `[B, dim]` and `[B]` (one step, 2-D activations).
+        """
         s = self.slices[k]
-        x = s.linear_in(temporal_out) + s.embed_token(prev_token)
+        x = s.linear_in(temporal_out) + s.embed_token(prev_token, masked)
         # Layer i of every slice shares one cache: step k attends to the keys of steps 0..k, and the
         # caches' offset (k) is the position for the depth transformer's positional embedding, if any.
         x = s.transformer(x, caches)
@@ -89,6 +95,11 @@ class Lm(nn.Module):
         for j, table in enumerate(self.audio_embs):
             x = x + embed(table, tokens[:, j + 1])
         return x
+
+    def embedding_rows(self, tokens: list[int]) -> list[mx.array]:
+        """Each stream's embedding `[1, dim]` of one step's host tokens; zero tokens (-1) are left out."""
+        tables = [self.text_emb, *self.audio_embs]
+        return [table(mx.array([token])) for table, token in zip(tables, tokens, strict=True) if token != ZERO_TOKEN]
 
     def temporal(self, tokens: mx.array, caches: list[Any] | None = None) -> tuple[mx.array, mx.array]:
         """Temporal transformer over input tokens `[B, K, T]` -> (hidden `[B, T, dim]`, text logits)."""

@@ -77,7 +77,7 @@ def sin_embedding(positions: mx.array, dims: int, max_period: float) -> mx.array
     return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)
 
 
-def rope(x: mx.array, offset: int, max_period: float) -> mx.array:
+def rope(x: mx.array, offset: int | mx.array, max_period: float) -> mx.array:
     """Kyutai's RoPE on `[B, H, T, head_dim]`: interleaved pairs (2i, 2i+1), MLX's "traditional" layout.
 
     Computed in float32 whatever the model's dtype, as Kyutai does (MLX's CPU kernel would round the
@@ -98,17 +98,43 @@ class Attention(nn.Module):
         self.in_proj = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
-        B, T, D = x.shape
-        qkv = self.in_proj(x).reshape(B, T, 3, self.num_heads, self.head_dim)
-        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-        if self.use_rope:
-            offset = cache.offset if cache is not None else 0
-            q, k = rope(q, offset, self.max_period), rope(k, offset, self.max_period)
+    def _heads(self, y: mx.array, heads: int) -> mx.array:
+        """`[B, T, heads * head_dim]` -> `[B, heads, T, head_dim]`; a one-step `[B, ...]` input takes one reshape."""
+        if y.ndim == 2:
+            return y.reshape(y.shape[0], heads, 1, self.head_dim)
+        B, T, _ = y.shape
+        return y.reshape(B, T, heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def project(self, x: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Queries, keys and values `[B, H, T, head_dim]`, rotated for positions from `offset` (int or array).
+
+        `x` is `[B, T, dim]`, or `[B, dim]` for one step: 2-D activations keep the matrix products free of the
+        reshapes MLX adds around a batched product.
+        """
+        qk, v = mx.split(self.in_proj(x), [2 * self.num_heads * self.head_dim], axis=-1)
+        qk = self._heads(qk, 2 * self.num_heads)
+        if self.use_rope:  # queries and keys rotated together: one kernel
+            qk = rope(qk, offset, self.max_period)
+        q, k = mx.split(qk, 2, axis=1)
+        return q, k, self._heads(v, self.num_heads)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, T, D))
+        return scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
+
+    def output(self, out: mx.array, ndim: int = 3) -> mx.array:
+        """The attention's `[B, H, T, head_dim]` projected back to the residual stream's shape (`ndim` 3 or 2)."""
+        B, H, T, _ = out.shape
+        if ndim == 2:
+            out = out.reshape(B, -1)
+        else:
+            out = out.reshape(B, 1, -1) if T == 1 else out.transpose(0, 2, 1, 3).reshape(B, T, -1)
+        return self.out_proj(out)
+
+    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
+        q, k, v = self.project(x, cache.offset if cache is not None else 0)
+        return self.output(self.attend(q, k, v, cache, mask))
 
 
 class GatedMlp(nn.Module):
@@ -144,8 +170,14 @@ class TransformerLayer(nn.Module):
             return self.gating(x)
         return self.linear2(nn.gelu(self.linear1(x)))
 
-    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
-        update = self.self_attn(self.norm1(x), cache, mask)
+    # A streaming step is split around the attention (whose key count grows): `attention_inputs`, then the
+    # cache and attention, then `finish`; each part has fixed shapes and can be compiled.
+    def attention_inputs(self, x: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        return self.self_attn.project(self.norm1(x), offset)
+
+    def finish(self, x: mx.array, attention: mx.array) -> mx.array:
+        """The residual stream `x` after this layer, given the attention's output `[B, H, T, head_dim]`."""
+        update = self.self_attn.output(attention, x.ndim)
         if "layer_scale_1" in self:
             update = self.layer_scale_1(update)
         x = x + update
@@ -153,6 +185,10 @@ class TransformerLayer(nn.Module):
         if "layer_scale_2" in self:
             update = self.layer_scale_2(update)
         return x + update
+
+    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
+        q, k, v = self.attention_inputs(x, cache.offset if cache is not None else 0)
+        return self.finish(x, self.self_attn.attend(q, k, v, cache, mask))
 
 
 class Transformer(nn.Module):
@@ -163,12 +199,18 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
 
-    def __call__(self, x: mx.array, caches: list[Any] | None = None) -> mx.array:
-        T = x.shape[1]
-        offset = caches[0].offset if caches else 0
+    def add_positions(self, x: mx.array, offset: int | mx.array) -> mx.array:
+        """Add the sinusoidal embedding of positions `offset..` when the config has one (`x`: `[B, T, dim]` or
+        one step's `[B, dim]`)."""
         if self.cfg.positional_embedding in ("sin", "sin_rope"):
-            positions = mx.arange(offset, offset + T)
+            positions = offset + mx.arange(x.shape[1] if x.ndim == 3 else 1)
             x = x + sin_embedding(positions, x.shape[-1], self.cfg.max_period).astype(x.dtype)
+        return x
+
+    def __call__(self, x: mx.array, caches: list[Any] | None = None) -> mx.array:
+        T = x.shape[1] if x.ndim == 3 else 1
+        offset = caches[0].offset if caches else 0
+        x = self.add_positions(x, offset)
         mask = None
         if T > 1:
             if offset:

@@ -157,3 +157,17 @@ def test_text_and_audio_samplers_take_their_own_settings():
             audio_sampled += (b.audio_codes[1:] != b.audio_logits.argmax(-1)[1:]).sum()
         previous = a.audio_logits.argmax(-1)
     assert text_sampled > 0 and audio_sampled > 0
+
+
+def test_profile_step_gives_the_tokens_of_step_and_times_both_parts():
+    lm = random_lm(tiny_config())
+    gen = LmGen(lm, seed=6)
+    def tokens(outs):
+        return [(o.text_token, None if o.audio_codes is None else o.audio_codes.tolist()) for o in outs]
+
+    expected = tokens(run(gen, 6))
+    gen.reset()
+    profiled = [gen.profile_step(USER[t]) for t in range(6)]
+    assert tokens(o for o, _, _ in profiled) == expected
+    assert all(temporal > 0 and depth > 0 for _, temporal, depth in profiled)
+    assert gen._timings is None

@@ -1,0 +1,237 @@
+"""`moshi-mlx bench`: how fast Moshi runs on this machine, before downloading anything.
+
+Random weights of the exact shapes, built in memory (lazily, module by module, so the 7B in q4 needs no more
+than its q4 size), and a random full-size Mimi written to a temporary file. Three passes over the same audio:
+a profiling pass that syncs after each stage (encode, temporal, depth, decode: median and p90), a count of the
+LM step's operations and host synchronisations, and the real frame loop (`moshi_mlx.filemode.run_frames`),
+whose wall time gives the real-time factor and during which peak memory is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from moshi_mlx import Lm, LmConfig, LmGen
+from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE, Codec, load_codec
+from moshi_mlx.codec.random_weights import write_random_mimi
+from moshi_mlx.errors import MoshiError
+from moshi_mlx.filemode import run_frames
+from moshi_mlx.opcount import OpCounter
+from moshi_mlx.pipeline import Pipeline
+
+from .memory import check_fits
+from .parser import Parser
+
+GIB = 1024**3
+FRAME_MS = 1000 * FRAME_SIZE / SAMPLE_RATE
+BUDGET_EXTRA = 500 * 1024**2  # beyond weights + KV cache: Mimi, activations, the interpreter
+# The 7B's structure (16 streams, 8 depth steps, its delays and context) at smaller widths and depths.
+MODELS: dict[str, dict] = {
+    "tiny": dict(dim=256, num_heads=4, num_layers=2, depformer_dim=128, depformer_num_heads=4,
+                 depformer_num_layers=2, depformer_dim_feedforward=528),
+    "small": dict(dim=1024, num_heads=16, num_layers=8, depformer_dim=512, depformer_num_heads=8,
+                  depformer_num_layers=4, depformer_dim_feedforward=2112),
+    "7b": {},
+}
+# --mimi: "rust" is rustymimi; "auto" takes the codec package's default backend.
+MIMI_BACKENDS = {"rust": "rustymimi", "mlx": "mlx", "auto": None}
+STAGES = ("encode", "temporal", "depth", "decode")
+
+
+def random_lm(model: str, quant: str) -> Lm:
+    """Moshi's LM with random bf16 weights of the model's shapes, quantized as Kyutai's q4 / q8 files."""
+    from moshi_mlx.quantize.recipes import make_plan
+
+    config = LmConfig(**MODELS[model])
+    mx.random.seed(0)
+    lm = Lm(config)  # parameters are lazy: nothing is computed yet
+    lm.set_dtype(mx.bfloat16)
+    if quant != "bf16":
+        plan = make_plan(config, bits=int(quant))
+        nn.quantize(lm, class_predicate=lambda path, _: plan[path].to_dict() if plan.get(path) else False)
+    for _, value in tree_flatten(lm.parameters()):
+        mx.eval(value)  # one tensor at a time: the float32 draws are freed as they go
+    lm.eval()
+    mx.clear_cache()
+    return lm
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes (since `reset_peak_rss` on Linux)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def current_rss() -> int:
+    """Resident memory now, in bytes (Linux; 0 elsewhere)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Forget the peak of building the weights (Linux only; elsewhere the peak counts from the start)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def profile(pipeline: Pipeline, audio: np.ndarray, trace: list[dict], origin: float) -> dict[str, list[float]]:
+    """Each frame's stages one after the other, each ended by a host sync; trace events on thread 1."""
+    times: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    for t in range(len(audio) // FRAME_SIZE):
+        t0 = time.perf_counter()
+        codes = pipeline.codec.encode(audio[t * FRAME_SIZE : (t + 1) * FRAME_SIZE])
+        t1 = time.perf_counter()
+        out, temporal_ms, depth_ms = pipeline.gen.profile_step(codes)
+        t2 = time.perf_counter()
+        if out.audio_codes is not None:
+            pipeline.codec.decode(out.audio_codes)
+        t3 = time.perf_counter()
+        spans = {"encode": (t0, (t1 - t0) * 1000), "temporal": (t1, temporal_ms),
+                 "depth": (t1 + temporal_ms / 1000, depth_ms), "decode": (t2, (t3 - t2) * 1000)}
+        for stage, (start, ms) in spans.items():
+            if stage == "decode" and out.audio_codes is None:
+                continue
+            times[stage].append(ms)
+            trace.append({"name": stage, "ph": "X", "pid": 1, "tid": 1, "ts": (start - origin) * 1e6,
+                          "dur": ms * 1000, "args": {"frame": t}})
+    return times
+
+
+def verdict(name: str, rtf: float, medians: dict[str, float], quant: str) -> str:
+    """One line: real time with how much headroom, or what to try instead."""
+    if rtf <= 1:
+        return f"{name} runs in real time on this machine with {100 * (1 - rtf):.0f} % headroom"
+    lm_ms = medians["temporal"] + medians["depth"]
+    mimi_ms = medians["encode"] + medians["decode"]
+    if mimi_ms > lm_ms:
+        advice = f"Mimi's encoder and decoder take {mimi_ms:.0f} ms a frame here, more than the language model"
+    elif quant in ("bf16", "8"):
+        advice = f"the language model takes {lm_ms:.0f} ms a frame; try {'-q 8 or ' if quant == 'bf16' else ''}-q 4"
+    else:
+        advice = f"the language model alone takes {lm_ms:.0f} ms of each 80 ms frame: this machine is too slow for it"
+    return f"{name} does not run in real time on this machine (real-time factor {rtf:.2f}): {advice}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="moshi-mlx bench",
+        description="Measure Moshi on this machine before downloading it: random weights of the exact shapes, "
+        "built in memory; per-stage milliseconds, operations and host syncs per frame, peak memory, the "
+        "real-time factor of the frame loop and a verdict.",
+    )
+    parser.add_argument("--model", choices=list(MODELS), default="7b",
+                        help="7b (Moshi), or small / tiny (the 7B's structure, narrower and shallower)")
+    parser.add_argument("-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default="4",
+                        help="weights precision (default 4)")
+    parser.add_argument("--frames", type=int, default=50, help="frames per pass (80 ms each; default 50)")
+    parser.add_argument("--trace", default=None, help="write a Chrome / Perfetto trace (JSON) of the stages")
+    parser.add_argument("--mimi", choices=list(MIMI_BACKENDS), default="auto",
+                        help="Mimi backend: rust (rustymimi), mlx, or auto")
+    args = parser.parse_args(argv)
+    if args.frames < 2:
+        parser.error("argument --frames: at least 2 (Moshi's first audio comes at the second frame)")
+    if args.trace is not None:
+        from .parser import check_outputs
+
+        check_outputs({"--trace": args.trace})
+    quant_name = "bf16" if args.quant == "bf16" else f"q{args.quant}"
+    if args.model == "7b":
+        check_fits(quant_name)
+    name = f"{'7B' if args.model == '7b' else args.model} {quant_name}"
+
+    print(f"moshi-mlx bench: {name}, random weights built in memory, {args.frames} frames per pass", flush=True)
+    start = time.perf_counter()
+    lm = random_lm(args.model, args.quant)
+    weights_bytes = sum(v.nbytes for _, v in tree_flatten(lm.parameters()))
+    with tempfile.TemporaryDirectory() as tmp:  # the codec may reload its file on reset
+        mimi_path = write_random_mimi(Path(tmp) / "mimi.safetensors")
+        backend = MIMI_BACKENDS[args.mimi]
+        before = current_rss()
+        try:
+            codec = load_codec(mimi_path) if backend is None else load_codec(mimi_path, backend=backend)
+        except ValueError as e:
+            raise MoshiError(f"--mimi {args.mimi}: {e}") from None
+        mimi_bytes = current_rss() - before
+        try:
+            _run(args, name, lm, weights_bytes, codec, mimi_bytes, start)
+        finally:
+            codec.close()
+
+
+def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_bytes: int, start: float) -> None:
+    gen = LmGen(lm, seed=0)
+    pipeline = Pipeline(gen, codec)
+    print(f"built in {time.perf_counter() - start:.1f} s: LM weights {weights_bytes / GIB:.2f} GiB, "
+          f"Mimi {type(codec).__name__} ({mimi_bytes / GIB:.2f} GiB resident)", flush=True)
+
+    audio = np.random.default_rng(0).normal(0, 0.1, args.frames * FRAME_SIZE).astype(np.float32)
+    pipeline.warmup(2)
+    trace: list[dict] = [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": label}}
+                         for tid, label in ((1, "stages (profiling pass)"), (2, "frame loop"))]
+    origin = time.perf_counter()
+    times = profile(pipeline, audio, trace, origin)
+
+    counted = 1  # the same every frame once compiled
+    with OpCounter() as counter:
+        for _ in range(counted):
+            gen.step(np.zeros(gen.num_user, np.int64))
+    gen.reset()  # (the codec carries on: resetting it reloads rustymimi, which costs memory the app does not spend)
+
+    # The frame loop as `moshi-mlx run` runs it.
+    mx.reset_peak_memory()
+    reset_peak_rss()
+    stamps = [time.perf_counter()]
+    run_frames(pipeline, audio, on_event=lambda event: stamps.append(time.perf_counter()))
+    wall = stamps[-1] - stamps[0]
+    rss, mlx_peak = peak_rss(), mx.get_peak_memory()
+    kv_bytes = sum(c.keys.nbytes + c.values.nbytes for c in gen.cache if c.keys is not None)
+    for t, (a, b) in enumerate(zip(stamps, stamps[1:], strict=False)):
+        trace.append({"name": f"frame {t}", "ph": "X", "pid": 1, "tid": 2, "ts": (a - origin) * 1e6,
+                      "dur": (b - a) * 1e6, "args": {"frame": t}})
+
+    print(f"{'stage':<10}{'median':>10}{'p90':>10}   (profiling pass: a host sync ends each stage)")
+    for stage in STAGES:
+        median, p90 = stats(times[stage])
+        print(f"{stage:<10}{median:>8.1f} ms{p90:>7.1f} ms")
+    print(f"LM step: {counter.ops / counted:,.0f} operations and {counter.syncs / counted:g} host "
+          f"synchronisation(s) per frame")
+    budget = weights_bytes + kv_bytes + BUDGET_EXTRA
+    print(f"memory: peak resident {rss / GIB:.2f} GiB (MLX peak {mlx_peak / GIB:.2f} GiB); budget "
+          f"{budget / GIB:.2f} GiB = weights {weights_bytes / GIB:.2f} + KV cache {kv_bytes / GIB:.3f} + 0.49 GiB: "
+          f"{'within' if rss <= budget else 'OVER'}")
+    rtf = wall / (args.frames * FRAME_MS / 1000)
+    print(f"frame loop (moshi_mlx.filemode.run_frames): {args.frames} frames in {wall:.2f} s, "
+          f"real-time factor {rtf:.2f} ({1000 * wall / args.frames:.1f} ms per 80 ms frame)")
+    medians = {stage: stats(times[stage])[0] for stage in STAGES}
+    print(f"verdict: {verdict(name, rtf, medians, args.quant)}")
+    if args.trace is not None:
+        Path(args.trace).write_text(json.dumps({"traceEvents": trace, "displayTimeUnit": "ms"}))
+        print(f"trace: {args.trace} (open in https://ui.perfetto.dev or chrome://tracing)")
