@@ -29,6 +29,7 @@ FILE_ROLES: dict[str, str] = {
     "transcript": OUTPUT,
     "record": OUTPUT,
     "report_json": OUTPUT,
+    "trace": OUTPUT,
     "output": OUTPUT_DIR,
     "hf_repo": NOT_A_FILE,
     "input_device": NOT_A_FILE,
