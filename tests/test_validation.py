@@ -260,6 +260,8 @@ def test_no_output_is_a_file_of_the_hugging_face_cache(name, cached, wav, tmp_pa
 def test_identity_cases_cover_every_output_of_every_subcommand():
     covered = {(name, out) for name, out, _, _ in IDENTITY_CASES}
     for name in PARSERS:
+        if not role_actions(name, checks.INPUT):  # e.g. bench: an output cannot be an input it does not have
+            continue
         for role in (checks.OUTPUT, checks.OUTPUT_DIR):
             for action in role_actions(name, role):
                 assert (name, action.dest) in covered, (name, action.dest)
