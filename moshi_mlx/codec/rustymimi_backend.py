@@ -124,6 +124,8 @@ class RustyMimi:
         # Tokenizer.reset() leaves some encoder state behind (the next first frame encodes differently from a
         # fresh tokenizer's), so start from fresh ones: about 0.4 s each.
         self.close()
+        self._encoder = self._decoder = None
+        release_freed_memory()
         self._encoder, self._decoder = self._streams()
 
     def close(self) -> None:
