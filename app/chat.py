@@ -20,7 +20,7 @@ from moshi_mlx.weights import summarize_quantization
 
 from .interrupt import interrupt_on_termination
 from .memory import MEMORY_ENV, check_fits, choose_quant
-from .model_args import add_model_args, add_sampling_args, resolve_files
+from .model_args import add_model_args, add_sampling_args, choose_codec, resolve_files
 from .parser import Parser, check_outputs, non_negative_int
 from .ui import ChatView, PlainOutput, Transcript, clock
 
@@ -116,13 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     input_device = find_device(args.input_device, "input")
     output_device = find_device(args.output_device, "output")
     files = choose_model(args, say)
+    mimi = choose_codec(args)
     transcript = Transcript(args.transcript)
     recorder = WavRecorder(args.record, stereo=True) if args.record else None
     try:
         with nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"):
             pipeline = Pipeline.load(
                 files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-                seed=args.seed, temp=args.temp, temp_text=args.temp_text,
+                seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=mimi,
             )
         view = ChatView(model_label(args, files, pipeline), transcript)
         output = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from moshi_mlx import hub
+from moshi_mlx.codec import BACKENDS, choose_backend
 from moshi_mlx.pipeline import Pipeline
 
 from .memory import check_fits, choose_quant
@@ -23,6 +25,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mimi-weights", default=None, help="local Mimi weights (.safetensors)")
     group.add_argument("--tokenizer", default=None, help="local text tokenizer (SentencePiece .model)")
     group.add_argument("--config", default=None, help="local model config.json (default: the repo's, else the 7B)")
+    group.add_argument(
+        "--mimi", choices=BACKENDS, default="auto",
+        help="audio codec: mlx (ours, on MLX's device), rust (rustymimi, on the CPU) or auto (mlx on a GPU, "
+        "else rust when rustymimi is installed)",
+    )
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -49,10 +56,18 @@ def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
     return files
 
 
+def choose_codec(args: argparse.Namespace) -> str:
+    """The Mimi backend `--mimi` asks for, said in one line on stderr ("mlx" or "rust")."""
+    backend, why = choose_backend(args.mimi)
+    name = "MLX Mimi" if backend == "mlx" else "rustymimi"
+    print(f"Mimi codec: {name} ({why})", file=sys.stderr)
+    return backend
+
+
 def load_pipeline(args: argparse.Namespace) -> Pipeline:
     """Moshi, Mimi and the text tokenizer as the model and sampling options say."""
     files = resolve_files(args)
     return Pipeline.load(
         files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-        seed=args.seed, temp=args.temp, temp_text=args.temp_text,
+        seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=choose_codec(args),
     )

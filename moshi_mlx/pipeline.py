@@ -89,9 +89,13 @@ class Pipeline:
         top_k: int = 250,
         top_k_text: int = 25,
         dtype: mx.Dtype = mx.bfloat16,
+        mimi: str = "auto",
     ) -> Pipeline:
-        """Load Moshi, Mimi and the text tokenizer (e.g. the paths of `moshi_mlx.hub.resolve_files`)."""
-        codec = load_codec(mimi_weights)
+        """Load Moshi, Mimi and the text tokenizer (e.g. the paths of `moshi_mlx.hub.resolve_files`).
+
+        `mimi`: the codec backend, "mlx", "rust" or "auto" (see `moshi_mlx.codec.choose_backend`).
+        """
+        codec = load_codec(mimi_weights, backend=mimi)
         text_tokenizer = load_text_tokenizer(tokenizer) if tokenizer is not None else None
         lm = load_lm(moshi_weights, config, dtype=dtype)
         gen = LmGen(lm, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text, seed=seed)
