@@ -42,7 +42,8 @@ def load_mimi(path: str | Path, num_codebooks: int = NUM_CODEBOOKS, dtype: mx.Dt
 class MlxMimi:
     """Streaming Mimi in MLX, one 80 ms frame per call, on the calling (inference) thread.
 
-    Encode and decode are each one compiled MLX function of (input, state) with fixed shapes; the only host
+    Encode and decode are each one MLX function of (input, state) with fixed shapes, compiled on a GPU (on the
+    CPU, `mx.compile` costs about 16 s at the first frame and made steps slower here); the only host
     synchronisation per call is reading the codes or samples back. State is bounded: convolution context,
     transposed-convolution overlap and 250 steps of attention keys per layer, whatever the length of the stream.
     """
@@ -53,12 +54,14 @@ class MlxMimi:
     runs_off_thread = False  # MLX work belongs to the inference thread
 
     def __init__(self, path: str | Path, num_codebooks: int = NUM_CODEBOOKS, dtype: mx.Dtype = mx.float32,
-                 compile: bool = True):
+                 compiled: bool | None = None):
         self.path = Path(path).expanduser()
         self.num_codebooks = num_codebooks
         self.dtype = dtype
         self.model = load_mimi(self.path, num_codebooks, dtype)
-        step = partial(mx.compile, inputs=[self.model.state]) if compile else (lambda f: f)
+        if compiled is None:
+            compiled = mx.default_device() == mx.gpu
+        step = partial(mx.compile, inputs=[self.model.state]) if compiled else (lambda f: f)
         self._encode = step(self.model.encode_step)
         self._decode = step(self.model.decode_step)
         self.reset()
