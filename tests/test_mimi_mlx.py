@@ -159,3 +159,54 @@ def test_backend_choice(monkeypatch):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="unknown codec backend"):
         choose_backend("torch")
+
+
+def speech_like(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * 24000)) / 24000
+    voiced = sum(np.sin(2 * np.pi * k * (130 + 40 * np.sin(2 * np.pi * 0.8 * t)) * t) / k for k in range(1, 5))
+    return (0.2 * voiced * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
+
+
+def test_file_run_gives_rustymimis_transcript(tiny_model, tmp_path):
+    """The file loop with a float32 LM and greedy sampling says the same words through either codec."""
+    pytest.importorskip("rustymimi")
+    from moshi_mlx.config import LmConfig
+    from moshi_mlx.filemode import run_file
+    from moshi_mlx.pipeline import Pipeline
+
+    audio = speech_like(1.2)
+    results = {}
+    for mimi in ("mlx", "rust"):
+        pipeline = Pipeline.load(
+            tiny_model.moshi_weights, tiny_model.mimi_weights, tiny_model.tokenizer,
+            LmConfig.from_json(tiny_model.config), temp=0, temp_text=0, dtype=mx.float32, mimi=mimi,
+        )
+        assert isinstance(pipeline.codec, MlxMimi) == (mimi == "mlx")
+        transcript = tmp_path / f"{mimi}.txt"
+        results[mimi] = run_file(pipeline, audio, tmp_path / f"{mimi}.wav", transcript)
+        results[mimi].transcript = transcript.read_text()
+    ours, theirs = results["mlx"], results["rust"]
+    assert len(set(theirs.text_tokens)) > 2  # the tiny LM says something, not only padding
+    assert ours.text_tokens == theirs.text_tokens
+    assert ours.transcript == theirs.transcript and ours.text == theirs.text
+    np.testing.assert_allclose(ours.moshi, theirs.moshi, atol=1e-4)
+
+
+def test_run_command_says_which_codec(tiny_model, tmp_path, capsys, monkeypatch):
+    from moshi_mlx.app import cli
+
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    import soundfile
+
+    soundfile.write(str(source), speech_like(0.4), 24000)
+    cli.main(["run", str(source), "--out", str(out), "--quiet", "--mimi", "mlx", "--seed", "1",
+              *tiny_model.cli_args()])
+    err = capsys.readouterr().err
+    assert err.startswith("Mimi codec: MLX Mimi (asked for)\n")
+    assert soundfile.read(str(out))[0].shape == (5 * FRAME_SIZE,)
+
+    monkeypatch.setattr(codec, "rustymimi_installed", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", str(source), "--out", str(out), "--mimi", "rust", *tiny_model.cli_args()])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: --mimi rust needs rustymimi: pip install rustymimi (or use --mimi mlx)\n"
