@@ -13,6 +13,7 @@ from rich.live import Live
 
 from moshi_mlx import hub
 from moshi_mlx.audio_io import find_device
+from moshi_mlx.codec import choose_backend
 from moshi_mlx.engine import Engine, EngineStats
 from moshi_mlx.pipeline import Pipeline
 from moshi_mlx.recording import WavRecorder
@@ -20,7 +21,7 @@ from moshi_mlx.weights import summarize_quantization
 
 from .interrupt import interrupt_on_termination
 from .memory import MEMORY_ENV, check_fits, choose_quant
-from .model_args import add_model_args, add_sampling_args, choose_codec, resolve_files
+from .model_args import add_model_args, add_sampling_args, codec_line, resolve_files
 from .parser import Parser, check_outputs, non_negative_int
 from .ui import ChatView, PlainOutput, Transcript, clock
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     input_device = find_device(args.input_device, "input")
     output_device = find_device(args.output_device, "output")
     files = choose_model(args, say)
-    mimi = choose_codec(args)
+    mimi, why = choose_backend(args.mimi)
     transcript = Transcript(args.transcript)
     recorder = WavRecorder(args.record, stereo=True) if args.record else None
     try:
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                 files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
                 seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=mimi,
             )
+        say.print(codec_line(mimi, why))
         view = ChatView(model_label(args, files, pipeline), transcript)
         output = None
         engine = Engine(pipeline, input_device, output_device, max_backlog=args.max_backlog,

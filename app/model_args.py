@@ -56,18 +56,18 @@ def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
     return files
 
 
-def choose_codec(args: argparse.Namespace) -> str:
-    """The Mimi backend `--mimi` asks for, said in one line on stderr ("mlx" or "rust")."""
-    backend, why = choose_backend(args.mimi)
-    name = "MLX Mimi" if backend == "mlx" else "rustymimi"
-    print(f"Mimi codec: {name} ({why})", file=sys.stderr)
-    return backend
+def codec_line(backend: str, why: str) -> str:
+    """The line said at start: which Mimi backend runs and why."""
+    return f"Mimi codec: {'MLX Mimi' if backend == 'mlx' else 'rustymimi'} ({why})"
 
 
 def load_pipeline(args: argparse.Namespace) -> Pipeline:
-    """Moshi, Mimi and the text tokenizer as the model and sampling options say."""
+    """Moshi, Mimi and the text tokenizer as the model and sampling options say; says which Mimi on stderr."""
+    mimi, why = choose_backend(args.mimi)  # `--mimi rust` without rustymimi fails before anything loads
     files = resolve_files(args)
-    return Pipeline.load(
+    pipeline = Pipeline.load(
         files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-        seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=choose_codec(args),
+        seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=mimi,
     )
+    print(codec_line(mimi, why), file=sys.stderr)
+    return pipeline
