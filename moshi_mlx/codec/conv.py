@@ -58,7 +58,6 @@ class StreamingConv1d(nn.Module):
             new["first"] = mx.array(False)
         return y, new
 
-
     def _conv(self, x: mx.array) -> mx.array:
         if self.groups > 1:
             return mx.conv1d(x, self.weight, stride=self.stride, dilation=self.dilation, groups=self.groups)
