@@ -13,6 +13,7 @@ from rich.live import Live
 
 from moshi_mlx import hub
 from moshi_mlx.audio_io import find_device
+from moshi_mlx.codec import choose_backend
 from moshi_mlx.engine import Engine, EngineStats
 from moshi_mlx.errors import MoshiError
 from moshi_mlx.pipeline import Pipeline
@@ -27,6 +28,7 @@ from .model_args import (
     add_model_args,
     add_sampling_args,
     check_model_files,
+    codec_line,
     model_inputs,
     quantization_note,
     resolve_files,
@@ -129,13 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     input_device = find_device(args.input_device, "input")
     output_device = find_device(args.output_device, "output")
     files = choose_model(args, say)
+    mimi, why = choose_backend(args.mimi)
     check_outputs(outputs, model_inputs(args, files))
     check_model_files(files)
     with nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"):
         pipeline = Pipeline.load(
             files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-            seed=args.seed, temp=args.temp, temp_text=args.temp_text,
+            seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=mimi,
         )
+    say.print(codec_line(mimi, why))
     if note := quantization_note(args, pipeline):
         say.print(note)
     # The outputs are opened only now: a model that fails to load leaves an existing transcript or recording.

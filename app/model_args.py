@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from moshi_mlx import hub
+from moshi_mlx.codec import BACKENDS, choose_backend
 from moshi_mlx.pipeline import Pipeline, load_text_tokenizer
 from moshi_mlx.text import check_vocabulary
 from moshi_mlx.weights import summarize_quantization
@@ -27,6 +29,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mimi-weights", default=None, help="local Mimi weights (.safetensors)")
     group.add_argument("--tokenizer", default=None, help="local text tokenizer (SentencePiece .model)")
     group.add_argument("--config", default=None, help="local model config.json (default: the repo's, else the 7B)")
+    group.add_argument(
+        "--mimi", choices=BACKENDS, default="auto",
+        help="audio codec: mlx (ours, on MLX's device), rust (rustymimi, on the CPU) or auto (mlx on a GPU, "
+        "else rust when rustymimi is installed)",
+    )
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -73,11 +80,20 @@ def check_model_files(files: hub.ModelFiles) -> None:
     check_vocabulary(load_text_tokenizer(files.tokenizer), files.config, files.tokenizer)
 
 
+def codec_line(backend: str, why: str) -> str:
+    """The line said at start: which Mimi backend runs and why."""
+    return f"Mimi codec: {'MLX Mimi' if backend == 'mlx' else 'rustymimi'} ({why})"
+
+
 def load_files(args: argparse.Namespace, files: hub.ModelFiles) -> Pipeline:
-    return Pipeline.load(
+    """Load the pipeline and say which Mimi backend runs (on stderr)."""
+    mimi, why = choose_backend(args.mimi)
+    pipeline = Pipeline.load(
         files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-        seed=args.seed, temp=args.temp, temp_text=args.temp_text,
+        seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=mimi,
     )
+    print(codec_line(mimi, why), file=sys.stderr)
+    return pipeline
 
 
 def quantization_note(args: argparse.Namespace, pipeline: Pipeline) -> str | None:

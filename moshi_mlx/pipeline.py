@@ -109,10 +109,15 @@ class Pipeline:
         top_k: int = 250,
         top_k_text: int = 25,
         dtype: mx.Dtype = mx.bfloat16,
+        mimi: str = "auto",
         codec_options: dict[str, Any] | None = None,
     ) -> Pipeline:
-        """Load Moshi, Mimi and the text tokenizer (e.g. the paths of `moshi_mlx.hub.resolve_files`)."""
-        codec = load_codec(mimi_weights, **(codec_options or {}))
+        """Load Moshi, Mimi and the text tokenizer (e.g. the paths of `moshi_mlx.hub.resolve_files`).
+
+        `mimi`: the codec backend, "mlx", "rust" or "auto" (see `moshi_mlx.codec.choose_backend`); `codec_options`
+        go to the backend (rustymimi's renewal settings).
+        """
+        codec = load_codec(mimi_weights, backend=mimi, **(codec_options or {}))
         text_tokenizer = load_text_tokenizer(tokenizer) if tokenizer is not None else None
         lm = load_lm(moshi_weights, config, dtype=dtype)
         gen = LmGen(lm, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text, seed=seed)

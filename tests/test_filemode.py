@@ -62,7 +62,7 @@ def test_run_command_stereo_odd_rate(tmp_path, tiny_model, capsys):
     assert transcript.read_text() == result.text + "\n"
     captured = capsys.readouterr()
     assert result.text in captured.out
-    assert captured.err.startswith(f"wrote {out}: 1.4 s, {frames} frames")
+    assert captured.err.startswith("Mimi codec: ") and f"\nwrote {out}: 1.4 s, {frames} frames" in captured.err
 
 
 def test_seed_makes_runs_reproducible(tmp_path, tiny_model):
@@ -179,6 +179,8 @@ def test_ctrl_c_leaves_complete_files(tmp_path, tiny_model, signum):
     assert len(audio) < 30 * 24000 and os.path.getsize(transcript) > 0
     assert transcript.read_text().endswith("\n")
     assert process.returncode == 130, err
+    said, err = err.split("\n", 1)
+    assert said.startswith("Mimi codec: ")
     assert err == f"interrupted: {out} and {transcript} hold the first {len(audio) / 24000:.1f} s of 30.0 s\n"
 
 
