@@ -217,14 +217,15 @@ def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_by
         trace.append({"name": f"frame {t}", "ph": "X", "pid": 1, "tid": 2, "ts": (a - origin) * 1e6,
                       "dur": (b - a) * 1e6, "args": {"frame": t}})
 
-    print(f"{'stage':<10}{'median':>10}{'p90':>10}   (profiling pass: a host sync ends each stage)")
+    print(f"{'stage':<10}{'median':>12}{'p90':>12}   (profiling pass: a host sync ends each stage)")
     for stage in STAGES:
         median, p90 = stats(times[stage])
-        print(f"{stage:<10}{median:>8.1f} ms{p90:>7.1f} ms")
+        print(f"{stage:<10}{median:>9.1f} ms{p90:>9.1f} ms")
     print(f"LM step: {counter.ops / counted:,.0f} operations and {counter.syncs / counted:g} host "
           f"synchronisation(s) per frame")
     budget = weights_bytes + kv_bytes + BUDGET_EXTRA
-    print(f"memory: peak resident {rss / GIB:.2f} GiB (MLX peak {mlx_peak / GIB:.2f} GiB); budget "
+    print(f"memory: peak resident {rss / GIB:.2f} GiB (MLX peak {mlx_peak / GIB:.2f} GiB, Mimi about "
+          f"{mimi_bytes / GIB:.2f} GiB); budget "
           f"{budget / GIB:.2f} GiB = weights {weights_bytes / GIB:.2f} + KV cache {kv_bytes / GIB:.3f} + 0.49 GiB: "
           f"{'within' if rss <= budget else 'OVER'}")
     rtf = wall / (args.frames * FRAME_MS / 1000)

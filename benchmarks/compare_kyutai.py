@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -119,9 +120,13 @@ def _measure(step, frames: int) -> dict:
     }
 
 
-def run_worker(python: str, which: str, weights: Path, config: Path, frames: int, temp: float) -> dict:
+def run_worker(
+    python: str, which: str, weights: Path, config: Path, frames: int, temp: float, source: str | None = None
+) -> dict:
+    """One program in a fresh process; `source`: a folder holding another version's `moshi_mlx` package."""
     cmd = [python, __file__, "--worker", which, str(weights), str(config), str(frames), str(temp)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), check=False)
+    env = {**os.environ, "PYTHONPATH": source} if source else None
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), check=False, env=env)
     if out.returncode != 0:
         sys.exit(f"{which} worker failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -147,6 +152,8 @@ def main() -> None:
     parser.add_argument("--quant", choices=["bf16", "q8", "q4"], default="bf16",
                         help="quantize with moshi-mlx's quantizer first (Kyutai's default group sizes)")
     parser.add_argument("--ops", action="store_true", help="also print the operations per frame by primitive")
+    parser.add_argument("--before", default=None,
+                        help="folder with an earlier moshi-mlx's moshi_mlx package, timed in the same rounds")
     args = parser.parse_args()
 
     from moshi_mlx.quantize.quantizer import quantize_checkpoint
@@ -170,10 +177,13 @@ def main() -> None:
                 done = quantize_checkpoint(weights, Path(tmp) / f"{size}-{args.quant}", LmConfig.from_json(config),
                                            plan)
                 weights, config = done.weights, done.config
-            ours, theirs = [], []
+            ours, theirs, before = [], [], []
             for _ in range(args.rounds):
                 ours.append(run_worker(sys.executable, "ours", weights, config, args.frames, args.temp))
                 theirs.append(run_worker(args.kyutai_python, "kyutai", weights, config, args.frames, args.temp))
+                if args.before:
+                    before.append(run_worker(sys.executable, "ours", weights, config, args.frames, args.temp,
+                                             args.before))
             o = statistics.median(r["ms"] for r in ours)
             k = statistics.median(r["ms"] for r in theirs)
             print(f"| {size} | {o:.1f} | {k:.1f} | {o / k:.2f} | {ours[0]['ops']:.0f} | {theirs[0]['ops']:.0f} | "
@@ -181,6 +191,11 @@ def main() -> None:
                   flush=True)
             print(f"<!-- {size} rounds ms: ours {[round(r['ms'], 1) for r in ours]}, "
                   f"Kyutai {[round(r['ms'], 1) for r in theirs]} -->", flush=True)
+            if before:
+                b = statistics.median(r["ms"] for r in before)
+                print(f"<!-- {size} before ({args.before}): {b:.1f} ms/frame, ratio to Kyutai {b / k:.2f}, "
+                      f"{before[0]['ops']:.0f} ops/frame, {before[0]['syncs']:g} syncs/frame; rounds "
+                      f"{[round(r['ms'], 1) for r in before]} -->", flush=True)
             if args.ops:
                 for name, result in (("ours", ours[0]), ("Kyutai", theirs[0])):
                     top = ", ".join(f"{n} {v:g}" for n, v in list(result["by_name"].items())[:25])
