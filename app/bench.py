@@ -24,14 +24,14 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from moshi_mlx import Lm, LmConfig, LmGen
-from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE, Codec, load_codec
+from moshi_mlx.codec import BACKENDS, FRAME_SIZE, SAMPLE_RATE, Codec, choose_backend, load_codec
 from moshi_mlx.codec.random_weights import write_random_mimi
-from moshi_mlx.errors import MoshiError
 from moshi_mlx.filemode import run_frames
 from moshi_mlx.opcount import OpCounter
 from moshi_mlx.pipeline import Pipeline
 
 from .memory import check_fits
+from .model_args import codec_line
 from .parser import Parser
 
 GIB = 1024**3
@@ -46,7 +46,6 @@ MODELS: dict[str, dict] = {
     "7b": {},
 }
 # --mimi: "rust" is rustymimi; "auto" takes the codec package's default backend.
-MIMI_BACKENDS = {"rust": "rustymimi", "mlx": "mlx", "auto": None}
 STAGES = ("encode", "temporal", "depth", "decode")
 
 
@@ -125,6 +124,27 @@ def profile(pipeline: Pipeline, audio: np.ndarray, trace: list[dict], origin: fl
     return times
 
 
+def echo_cost(frames: int) -> tuple[float, float] | None:
+    """Median and p90 ms of cleaning one microphone frame (WebRTC AEC3), on speech-like echo; None without livekit."""
+    from moshi_mlx.echo import make_echo_canceller
+    from moshi_mlx.echo_sim import speech_like
+
+    canceller = make_echo_canceller(True)
+    if canceller is None:
+        return None
+    voice = speech_like(max(frames, 25) * FRAME_MS / 1000 + 1, seed=1)
+    rng = np.random.default_rng(1)
+    costs = []
+    for t in range(max(frames, 25)):
+        played = voice[t * FRAME_SIZE : (t + 1) * FRAME_SIZE]
+        canceller.add_reference(played)
+        mic = 0.5 * np.roll(played, 480) + 0.003 * rng.standard_normal(FRAME_SIZE).astype(np.float32)
+        start = time.perf_counter()
+        canceller.clean(mic.astype(np.float32))
+        costs.append((time.perf_counter() - start) * 1000)
+    return stats(costs)
+
+
 def verdict(name: str, rtf: float, medians: dict[str, float], quant: str) -> str:
     """One line: real time with how much headroom, or what to try instead."""
     if rtf <= 1:
@@ -153,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="weights precision (default 4)")
     parser.add_argument("--frames", type=int, default=50, help="frames per pass (80 ms each; default 50)")
     parser.add_argument("--trace", default=None, help="write a Chrome / Perfetto trace (JSON) of the stages")
-    parser.add_argument("--mimi", choices=list(MIMI_BACKENDS), default="auto",
+    parser.add_argument("--mimi", choices=BACKENDS, default="auto",
                         help="Mimi backend: rust (rustymimi), mlx, or auto")
     args = parser.parse_args(argv)
     if args.frames < 2:
@@ -173,12 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     weights_bytes = sum(v.nbytes for _, v in tree_flatten(lm.parameters()))
     with tempfile.TemporaryDirectory() as tmp:  # the codec may reload its file on reset
         mimi_path = write_random_mimi(Path(tmp) / "mimi.safetensors")
-        backend = MIMI_BACKENDS[args.mimi]
+        backend, why = choose_backend(args.mimi)
+        print(codec_line(backend, why), flush=True)
         before = current_rss()
-        try:
-            codec = load_codec(mimi_path) if backend is None else load_codec(mimi_path, backend=backend)
-        except ValueError as e:
-            raise MoshiError(f"--mimi {args.mimi}: {e}") from None
+        codec = load_codec(mimi_path, backend=backend)
         mimi_bytes = current_rss() - before
         try:
             _run(args, name, lm, weights_bytes, codec, mimi_bytes, start)
@@ -223,14 +241,17 @@ def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_by
         print(f"{stage:<10}{median:>9.1f} ms{p90:>9.1f} ms")
     print(f"LM step: {counter.ops / counted:,.0f} operations and {counter.syncs / counted:g} host "
           f"synchronisation(s) per frame")
-    budget = weights_bytes + kv_bytes + BUDGET_EXTRA
-    print(f"memory: peak resident {rss / GIB:.2f} GiB (MLX peak {mlx_peak / GIB:.2f} GiB, Mimi about "
-          f"{mimi_bytes / GIB:.2f} GiB); budget "
-          f"{budget / GIB:.2f} GiB = weights {weights_bytes / GIB:.2f} + KV cache {kv_bytes / GIB:.3f} + 0.49 GiB: "
-          f"{'within' if rss <= budget else 'OVER'}")
+    budget = weights_bytes + mimi_bytes + kv_bytes + BUDGET_EXTRA
+    print(f"memory: peak resident {rss / GIB:.2f} GiB (MLX peak {mlx_peak / GIB:.2f} GiB); budget "
+          f"{budget / GIB:.2f} GiB = LM weights {weights_bytes / GIB:.2f} + Mimi {mimi_bytes / GIB:.2f} + KV cache "
+          f"{kv_bytes / GIB:.3f} + 0.49 GiB: {'within' if rss <= budget else 'OVER'}")
     rtf = wall / (args.frames * FRAME_MS / 1000)
     print(f"frame loop (moshi_mlx.filemode.run_frames): {args.frames} frames in {wall:.2f} s, "
           f"real-time factor {rtf:.2f} ({1000 * wall / args.frames:.1f} ms per 80 ms frame)")
+    echo = echo_cost(args.frames)
+    if echo is not None:
+        print(f"echo canceller (chat --aec on, on the encoder's thread): {echo[0]:.2f} ms per 80 ms frame "
+              f"(p90 {echo[1]:.2f})")
     medians = {stage: stats(times[stage])[0] for stage in STAGES}
     print(f"verdict: {verdict(name, rtf, medians, args.quant)}")
     if args.trace is not None:
