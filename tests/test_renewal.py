@@ -143,3 +143,18 @@ def test_first_after_staggers_two_streams():
     encoder.close()
     decoder.close()
     assert started["decoder"][0] == 20 and started["encoder"][0] == 40
+
+
+def test_close_stops_a_renewal_in_progress_at_once():
+    slow = [0]
+
+    def start():
+        slow[0] += 1
+        return WindowedStream(window=3, limit=1000, delay_s=0.05 if slow[0] > 1 else 0.0)
+
+    renewing = RenewingStream("decoder", start, limit=1000, renew_every=240, prime_frames=200)
+    for x in range(250):  # the successor starts priming 200 frames at 50 ms each: 10 s
+        renewing(x)
+    began = time.monotonic()
+    renewing.close()
+    assert time.monotonic() - began < 2.0

@@ -83,5 +83,8 @@ class MlxMimi:
         self._decoder_state: Any = self.model.init_decoder_state(1, self.dtype)
         mx.eval(self._encoder_state, self._decoder_state)
 
+    def notices(self) -> list[str]:
+        return []  # nothing to renew, nothing to tell
+
     def close(self) -> None:
         self._encoder_state = self._decoder_state = None

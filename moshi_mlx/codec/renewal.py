@@ -66,6 +66,7 @@ class RenewingStream(Generic[In, Out]):
         self._pending: deque[In] = deque()  # inputs the successor still has to take
         self._successor: tuple[Step, int] | None = None  # (stream, its position) once caught up
         self._primer_error: BaseException | None = None
+        self._cancel = threading.Event()  # close(): a successor being primed stops at its next frame
         self.renewals = 0
         self.waited_s = 0.0  # time the caller spent waiting for a successor that was late
 
@@ -106,9 +107,11 @@ class RenewingStream(Generic[In, Out]):
         try:
             step = self._start()
             for x in snapshot:
+                if self._cancel.is_set():
+                    return
                 step(x)
             position = len(snapshot)
-            while True:
+            while not self._cancel.is_set():
                 with self._lock:
                     if not self._pending:
                         self._successor = (step, position)
@@ -154,9 +157,7 @@ class RenewingStream(Generic[In, Out]):
 
     def _recover(self, x: In, error: Exception) -> Out:
         """Replace a stream that failed: a fresh one primed on the history, then the frame again."""
-        if self._primer is not None:
-            self._primer.join()
-            self._primer = None
+        self.close()  # a renewal in progress is abandoned
         with self._lock:
             self._successor = None
             self._pending.clear()
@@ -174,7 +175,9 @@ class RenewingStream(Generic[In, Out]):
         return out
 
     def close(self) -> None:
-        """Let a renewal in progress finish (its thread holds the codec's weights)."""
+        """Stop a renewal in progress at its next frame and wait for its thread (it holds the codec's weights)."""
         if self._primer is not None:
+            self._cancel.set()
             self._primer.join()
             self._primer = None
+            self._cancel.clear()
