@@ -92,9 +92,11 @@ def run_file(
     transcript_path: str | Path | None = None,
     stereo: bool = False,
     on_event: Callable[[FrameEvent], None] | None = None,
+    keep: bool = False,
 ) -> FileResult:
     """Any audio file (any rate, any channels; or mono 24 kHz float32 samples) in; Moshi's voice out as a 24 kHz
     WAV (stereo: user left, Moshi right) and its transcript as text, written as frames go and closed even on error.
+    `keep` also keeps them in the result (see `run_frames`).
     """
     audio = source if isinstance(source, np.ndarray) else read_mono_24k(source)
     with ExitStack() as files:
@@ -104,4 +106,4 @@ def run_file(
         if transcript_path is not None:
             transcript = TranscriptWriter(transcript_path)
             files.callback(transcript.close)
-        return run_frames(pipeline, audio, on_event, recorder, transcript, keep=False)
+        return run_frames(pipeline, audio, on_event, recorder, transcript, keep=keep)

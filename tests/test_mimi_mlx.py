@@ -183,7 +183,7 @@ def test_file_run_gives_rustymimis_transcript(tiny_model, tmp_path):
         )
         assert isinstance(pipeline.codec, MlxMimi) == (mimi == "mlx")
         transcript = tmp_path / f"{mimi}.txt"
-        results[mimi] = run_file(pipeline, audio, tmp_path / f"{mimi}.wav", transcript)
+        results[mimi] = run_file(pipeline, audio, tmp_path / f"{mimi}.wav", transcript, keep=True)
         results[mimi].transcript = transcript.read_text()
     ours, theirs = results["mlx"], results["rust"]
     assert len(set(theirs.text_tokens)) > 2  # the tiny LM says something, not only padding

@@ -21,6 +21,7 @@ Out = TypeVar("Out")
 Step = Callable[[In], Out]
 
 log = logging.getLogger(__name__)
+THROTTLE_S = 0.5  # the longest a caller waits at once for a successor that fell behind
 
 
 class RenewingStream(Generic[In, Out]):
@@ -75,10 +76,12 @@ class RenewingStream(Generic[In, Out]):
         due = self._served >= self.renew_every or self._position + self.renew_every >= self.limit
         if self._primer is None and due:
             self._begin_renewal()
-        if self._primer is not None and (
-            self._position >= self.limit - 1 or len(self._pending) >= self.max_behind
-        ):
-            self._wait_for_successor()
+        if self._primer is not None and self._position >= self.limit - 1:
+            self._wait_for_successor()  # the old stream is full
+        elif self._primer is not None and len(self._pending) >= self.max_behind:
+            # Let the successor catch up, a little at a time: a caller that waited until it was done could not
+            # stop (or keep a live loop going) before a slow machine had primed it.
+            self._wait_for_successor(timeout=THROTTLE_S)
         with self._lock:
             successor, self._successor = self._successor, None
             if successor is None and self._primer is not None:
@@ -126,11 +129,16 @@ class RenewingStream(Generic[In, Out]):
                 self._pending.clear()
                 self._progress.notify_all()
 
-    def _wait_for_successor(self) -> None:
+    def _wait_for_successor(self, timeout: float | None = None) -> None:
         start = time.perf_counter()
         assert self._primer is not None
         with self._lock:
-            self._progress.wait_for(lambda: self._successor is not None or self._primer_error is not None)
+            done = self._progress.wait_for(
+                lambda: self._successor is not None or self._primer_error is not None, timeout
+            )
+        if not done:
+            self.waited_s += time.perf_counter() - start
+            return
         self._primer.join()
         waited = time.perf_counter() - start
         self.waited_s += waited
