@@ -85,6 +85,8 @@ def test_a_conversation_runs_past_rustymimis_4096_frame_limit(tiny_model, tmp_pa
     assert pipeline.codec.limit == 4096
     result = run_frames(pipeline, audio, keep=False)
     assert result.frames == frames
-    assert pipeline.codec._encoder.renewals >= 2 and pipeline.codec._decoder.renewals >= 2
+    # Each direction was renewed (one 1500-frame period and its catch-up fit in 4200 frames at least once) and
+    # no stream failed, so frames past 4096 were served by renewed streams.
+    assert pipeline.codec._encoder.renewals >= 1 and pipeline.codec._decoder.renewals >= 1
     assert pipeline.codec.notices() == []
     pipeline.close()
