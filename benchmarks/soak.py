@@ -79,6 +79,12 @@ class Probe:
             drift_pct=round(100 * (last - first) / first, 1),
         )
         print(json.dumps(result), flush=True)
+        # Resident memory minute by minute (the lowest and the highest sample of each), for --json
+        minutes = {}
+        for s, mb in self.samples:
+            low, high = minutes.get(int(s // 60), (mb, mb))
+            minutes[int(s // 60)] = (min(low, mb), max(high, mb))
+        result["rss_by_minute_mb"] = [[m, round(low), round(high)] for m, (low, high) in sorted(minutes.items())]
         return result
 
 
