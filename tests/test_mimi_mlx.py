@@ -210,3 +210,33 @@ def test_run_command_says_which_codec(tiny_model, tmp_path, capsys, monkeypatch)
         cli.main(["run", str(source), "--out", str(out), "--mimi", "rust", *tiny_model.cli_args()])
     assert e.value.code == 1
     assert capsys.readouterr().err == "error: --mimi rust needs rustymimi: pip install rustymimi (or use --mimi mlx)\n"
+
+
+HIDE_RUSTYMIMI = """
+import importlib, json, pkgutil, sys
+sys.modules["rustymimi"] = None  # as on Python 3.14, where it has no wheel
+import moshi_mlx, moshi_mlx.app, moshi_mlx.quantize
+for package in (moshi_mlx, moshi_mlx.app, moshi_mlx.quantize):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(module.name)
+from moshi_mlx.app import cli
+cli.main(json.loads(sys.argv[1]))
+"""
+
+
+def test_everything_works_without_rustymimi(tiny_model, tmp_path):
+    """Every module imports with rustymimi absent, and `run` picks MLX Mimi by itself."""
+    import json
+    import subprocess
+    import sys
+
+    import soundfile
+
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    soundfile.write(str(source), speech_like(0.4), 24000)
+    args = ["run", str(source), "--out", str(out), "--quiet", "--seed", "1", *map(str, tiny_model.cli_args())]
+    done = subprocess.run([sys.executable, "-c", HIDE_RUSTYMIMI, json.dumps(args)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("Mimi codec: MLX Mimi (MLX runs on the CPU and rustymimi is not installed)\n")
+    assert soundfile.read(str(out))[0].shape == (5 * FRAME_SIZE,)
