@@ -46,6 +46,9 @@ class Probe:
         self._last = self.start
         self._next_sample = 0.0
         self._tail: list[tuple[float, float]] = []
+        self.count = 0
+        # (seconds, process CPU seconds, frames): the CPU a frame costs does not depend on what else the machine runs
+        self.cpu: list[tuple[float, float, int]] = []
 
     def frame(self, cost_ms: float | None = None) -> None:
         now = time.monotonic()
@@ -57,9 +60,23 @@ class Probe:
         self._tail.append((elapsed, cost))
         while self._tail and self._tail[0][0] < elapsed - 60:
             self._tail.pop(0)
+        self.count += 1
         if elapsed >= self._next_sample:
             self.samples.append((elapsed, rss_mb()))
+            self.cpu.append((elapsed, time.process_time(), self.count))
             self._next_sample = elapsed + 5
+
+    def cpu_per_frame(self, seconds: float, after: int | None = None, before: float | None = None) -> float | None:
+        """CPU ms per frame over `seconds` from the first sample past `after` frames, or up to the time `before`."""
+        if after is not None:
+            start = next((c for c in self.cpu if c[2] > after), None)
+            stop = next((c for c in self.cpu if start and c[0] >= start[0] + seconds), None)
+        else:
+            start = next((c for c in self.cpu if c[0] >= before - seconds), None)
+            stop = self.cpu[-1] if self.cpu else None
+        if start is None or stop is None or stop[2] <= start[2]:
+            return None
+        return 1000 * (stop[1] - start[1]) / (stop[2] - start[2])
 
     def report(self, name: str, renewals: int, dropped: int, frames: int) -> dict:
         self.samples.append((time.monotonic() - self.start, rss_mb()))
@@ -78,6 +95,15 @@ class Probe:
             frame_ms_first_minute=round(first, 2), frame_ms_last_minute=round(last, 2),
             drift_pct=round(100 * (last - first) / first, 1),
         )
+        # CPU milliseconds per frame (all the process's threads, so what else the machine runs does not count), over
+        # the first and the last minute and, renewals being every 2 minutes of audio, the first and the last ten
+        for minutes in (1, 10):
+            first_cpu = self.cpu_per_frame(60 * minutes, after=25)
+            last_cpu = self.cpu_per_frame(60 * minutes, before=end)
+            if first_cpu is not None and last_cpu is not None:
+                result[f"cpu_ms_first_{minutes}min"] = round(first_cpu, 2)
+                result[f"cpu_ms_last_{minutes}min"] = round(last_cpu, 2)
+                result[f"cpu_drift_{minutes}min_pct"] = round(100 * (last_cpu - first_cpu) / first_cpu, 1)
         print(json.dumps(result), flush=True)
         # Resident memory minute by minute (the lowest and the highest sample of each), for --json
         minutes = {}
