@@ -105,7 +105,12 @@ class SafetensorsReader:
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                # A read interrupted by Ctrl-C or SIGTERM still holds a view of the map: it is unmapped when that
+                # view goes, and closing must not turn the interruption into an error.
+                pass
         self._file.close()
 
     def __enter__(self) -> SafetensorsReader:
