@@ -53,11 +53,15 @@ def write_random_lm(
     seed: int = 0,
     layout: str = "mlx",
     scale: float = 1.0,
+    dtype: mx.Dtype | None = None,
 ) -> tuple[Path, Path]:
-    """Write `model.safetensors` (layout "mlx", "pytorch" or "pytorch-fused") and `config.json`."""
+    """Write `model.safetensors` (layout "mlx", "pytorch" or "pytorch-fused"; float32 unless `dtype`, e.g.
+    bfloat16 as Kyutai publishes) and `config.json`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lm = random_lm(config, seed, scale)
+    if dtype is not None:
+        lm.update(tree_map(lambda p: p.astype(dtype), lm.parameters()))
     weights_path, config_path = directory / "model.safetensors", directory / "config.json"
     if layout == "mlx":
         save_lm(lm, weights_path)
