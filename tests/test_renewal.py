@@ -158,3 +158,49 @@ def test_close_stops_a_renewal_in_progress_at_once():
     began = time.monotonic()
     renewing.close()
     assert time.monotonic() - began < 2.0
+
+
+def test_streams_sharing_a_slot_prime_one_successor_at_a_time():
+    slot = threading.Semaphore(1)
+
+    def stream(name):
+        made = []
+
+        def start():
+            made.append(1)  # successors are slow: each renewal spans several of the caller's frames
+            return WindowedStream(window=3, limit=200, delay_s=0.001 if len(made) > 1 else 0.0)
+
+        # Both due at the same frames: without the slot their successors would prime together.
+        return RenewingStream(name, start, limit=200, renew_every=40, prime_frames=10, slot=slot)
+
+    encoder, decoder = stream("encoder"), stream("decoder")
+    inputs = list(range(1, 601))
+    outputs = {"encoder": [], "decoder": []}
+    together = 0
+    for x in inputs:
+        for name, s in (("encoder", encoder), ("decoder", decoder)):
+            outputs[name].append(s(x))
+        together += encoder._primer is not None and decoder._primer is not None
+    encoder.close()
+    decoder.close()
+    assert together == 0
+    assert outputs["encoder"] == outputs["decoder"] == reference(inputs, window=3)
+    assert encoder.renewals >= 3 and decoder.renewals >= 3
+    assert all(len(s.seen) <= 200 for s in WindowedStream.made[:-1])
+    assert slot.acquire(blocking=False)  # handed back
+
+
+def test_a_stream_renews_without_the_slot_before_its_limit():
+    slot = threading.Semaphore(1)
+    slot.acquire()  # another stream's successor, stuck
+    notes = []
+    renewing = RenewingStream("decoder", lambda: WindowedStream(window=4, limit=100), limit=100, renew_every=30,
+                              prime_frames=10, slot=slot, notify=notes.append)
+    inputs = list(range(1, 401))
+    outputs = [renewing(x) for x in inputs]
+    renewing.close()
+    assert outputs == reference(inputs, window=4)
+    assert notes == []  # renewed in time, not replaced after hitting the limit
+    assert renewing.renewals >= 4
+    assert all(len(s.seen) <= 100 for s in WindowedStream.made[:-1])
+    assert not slot.acquire(blocking=False)  # it never took (or gave back) a slot it did not hold

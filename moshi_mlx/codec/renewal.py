@@ -36,6 +36,9 @@ class RenewingStream(Generic[In, Out]):
     decoded audio); by default the successor's is used. `notify` gets one line when a failed stream had to be
     replaced; `released()` is called once an old stream has been let go (e.g. to hand its memory back).
     `first_after` (default `renew_every`) moves the first renewal, so that two streams do not renew at once.
+    Streams sharing a `slot` (a `threading.Semaphore(1)`) prime one successor at a time: a stream whose renewal
+    is due waits for the slot while it serves frames, and starts without it only when its limit comes so close
+    that the successor would otherwise be late (a successor holds a second copy of the codec's weights).
     """
 
     def __init__(
@@ -50,12 +53,16 @@ class RenewingStream(Generic[In, Out]):
         blend: Callable[[Out, Out], Out] | None = None,
         notify: Callable[[str], None] | None = None,
         released: Callable[[], None] | None = None,
+        slot: threading.Semaphore | None = None,
     ):
         if not (prime_frames > 0 and renew_every > 0 and prime_frames + renew_every < limit):
             raise ValueError(f"need prime_frames ({prime_frames}) + renew_every ({renew_every}) < limit ({limit})")
         self.name, self.limit, self.renew_every, self.prime_frames = name, limit, renew_every, prime_frames
         self.max_behind = prime_frames if max_behind is None else max_behind
         self._start, self._blend, self._notify, self._released = start, blend, notify, released
+        self._slot, self._holds_slot = slot, False
+        # Past this position a due renewal starts even while another stream holds the slot.
+        self._last_start = limit - prime_frames - self.max_behind
         self._step: Step = start()
         self._position = 0  # frames the current stream has taken
         # Of those, frames whose output was used (counted from renew_every - first_after for the first stream).
@@ -74,7 +81,7 @@ class RenewingStream(Generic[In, Out]):
     def __call__(self, x: In) -> Out:
         # A successor that spent long catching up starts with less room: renew it early enough too.
         due = self._served >= self.renew_every or self._position + self.renew_every >= self.limit
-        if self._primer is None and due:
+        if self._primer is None and due and self._may_begin():
             self._begin_renewal()
         if self._primer is not None and self._position >= self.limit - 1:
             self._wait_for_successor()  # the old stream is full
@@ -97,6 +104,21 @@ class RenewingStream(Generic[In, Out]):
             out = self._recover(x, e)
         self._history.append(x)
         return out
+
+    def _may_begin(self) -> bool:
+        if self._slot is None:
+            return True
+        self._holds_slot = self._slot.acquire(blocking=False)
+        if not self._holds_slot and self._position >= self._last_start:
+            log.info("Mimi %s: renewing at frame %d beside another successor", self.name, self._position)
+            return True
+        return self._holds_slot
+
+    def _release_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            assert self._slot is not None
+            self._slot.release()
 
     def _begin_renewal(self) -> None:
         snapshot = list(self._history)
@@ -145,6 +167,7 @@ class RenewingStream(Generic[In, Out]):
         log.info("Mimi %s: waited %.2f s for its successor at frame %d", self.name, waited, self._position)
         if self._primer_error is not None:
             error, self._primer = self._primer_error, None
+            self._release_slot()
             raise RuntimeError(f"could not renew Mimi's {self.name}: {error}") from error
 
     def _take_over(self, successor: tuple[Step, int], x: In) -> Out:
@@ -160,6 +183,7 @@ class RenewingStream(Generic[In, Out]):
         self.renewals += 1
         if self._released is not None:
             self._released()
+        self._release_slot()
         log.debug("Mimi %s renewed (%d so far)", self.name, self.renewals)
         return out
 
@@ -189,3 +213,4 @@ class RenewingStream(Generic[In, Out]):
             self._primer.join()
             self._primer = None
             self._cancel.clear()
+        self._release_slot()

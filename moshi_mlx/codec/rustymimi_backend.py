@@ -8,6 +8,7 @@ limit: that bounds both the length of a conversation and the memory it takes.
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,11 @@ class RustyMimi:
         def decoder() -> Any:
             return self._load().decode_step
 
+        # One successor at a time (each holds a copy of the weights while it primes): the decoder's first renewal
+        # comes half a period after the encoder's, and a renewal falling due while the other primes waits for it.
         common = dict(limit=self.limit, renew_every=self.renew_every, prime_frames=self.prime_frames,
-                      notify=self._notices.append, released=release_freed_memory)
+                      notify=self._notices.append, released=release_freed_memory, slot=threading.Semaphore(1))
         return (RenewingStream("encoder", encoder, **common),
-                # Half a period apart: one successor loads and primes at a time (about 370 MB while it does).
                 RenewingStream("decoder", decoder, blend=crossfade_frames, first_after=self.renew_every // 2,
                                **common))
 
