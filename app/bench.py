@@ -10,9 +10,7 @@ whose wall time gives the real-time factor and during which peak memory is measu
 from __future__ import annotations
 
 import json
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from moshi_mlx.codec.random_weights import write_random_mimi
 from moshi_mlx.filemode import run_frames
 from moshi_mlx.opcount import OpCounter
 from moshi_mlx.pipeline import Pipeline
+from moshi_mlx.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 from .memory import check_fits
 from .model_args import codec_line
@@ -65,35 +64,6 @@ def random_lm(model: str, quant: str) -> Lm:
     lm.eval()
     mx.clear_cache()
     return lm
-
-
-def peak_rss() -> int:
-    """Peak resident memory of this process in bytes (since `reset_peak_rss` on Linux)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def current_rss() -> int:
-    """Resident memory now, in bytes (Linux; 0 elsewhere)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def reset_peak_rss() -> None:
-    """Forget the peak of building the weights (Linux only; elsewhere the peak counts from the start)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -195,9 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         mimi_path = write_random_mimi(Path(tmp) / "mimi.safetensors")
         backend, why = choose_backend(args.mimi)
         print(codec_line(backend, why), flush=True)
-        before = current_rss()
+        before = current_rss_bytes()
         codec = load_codec(mimi_path, backend=backend)
-        mimi_bytes = current_rss() - before
+        mimi_bytes = current_rss_bytes() - before
         try:
             _run(args, name, lm, weights_bytes, codec, mimi_bytes, start)
         finally:
@@ -229,7 +199,7 @@ def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_by
     stamps = [time.perf_counter()]
     run_frames(pipeline, audio, on_event=lambda event: stamps.append(time.perf_counter()))
     wall = stamps[-1] - stamps[0]
-    rss, mlx_peak = peak_rss(), mx.get_peak_memory()
+    rss, mlx_peak = peak_rss_bytes(), mx.get_peak_memory()
     kv_bytes = sum(c.keys.nbytes + c.values.nbytes for c in gen.cache if c.keys is not None)
     for t, (a, b) in enumerate(zip(stamps, stamps[1:], strict=False)):
         trace.append({"name": f"frame {t}", "ph": "X", "pid": 1, "tid": 2, "ts": (a - origin) * 1e6,

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from moshi_mlx.quantize.memory import peak_rss_bytes
 from moshi_mlx.quantize.quantizer import InputTensor, output_paths, plan_layout, quantize_checkpoint
 from moshi_mlx.quantize.recipes import GROUP_SIZES, RECIPES, describe, file_tag, make_plan
 from moshi_mlx.quantize.report import format_size, quality_reports, random_codes, render_table, wav_codes, write_json
@@ -27,6 +26,7 @@ from moshi_mlx import LmConfig, hub
 from moshi_mlx.audio_io import read_mono_24k
 from moshi_mlx.codec import FRAME_SIZE
 from moshi_mlx.errors import MoshiError
+from moshi_mlx.process_memory import peak_rss_bytes
 
 from .checks import check_output_folder, check_outputs
 from .interrupt import interrupt_on_termination

@@ -19,19 +19,11 @@ import mlx.core as mx
 import numpy as np
 
 from moshi_mlx.codec import FRAME_SIZE, load_codec
+from moshi_mlx.process_memory import current_rss_bytes
 
 
 def rss_mb() -> float:
-    """Resident memory now (Linux), else the peak (macOS reports it in bytes)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return current_rss_bytes() / 2**20
 
 
 def audio(index: int) -> np.ndarray:

@@ -31,7 +31,7 @@ GIB = 1024**3
 CHILD = """
 import json, sys, time
 from moshi_mlx import LmConfig
-from moshi_mlx.quantize.memory import peak_rss_bytes
+from moshi_mlx.process_memory import peak_rss_bytes
 from moshi_mlx.quantize.quantizer import quantize_checkpoint
 from moshi_mlx.quantize.recipes import make_plan
 

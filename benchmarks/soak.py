@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -22,18 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from moshi_mlx.process_memory import current_rss_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 FRAME_S = 0.08
 
 
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    import resource  # macOS: no /proc; the peak is the best we have
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return current_rss_bytes() / 2**20
 
 
 class Probe:
@@ -206,6 +204,9 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the reports here")
     parser.add_argument("--dir", default=None, help="folder for the model and outputs (default: a temporary one)")
     args = parser.parse_args()
+    # Renewals that waited for a successor, or started beside another one, say so on stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("moshi_mlx.codec.renewal").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(args.dir or tmp)
         directory.mkdir(parents=True, exist_ok=True)

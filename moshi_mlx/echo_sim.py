@@ -9,7 +9,6 @@ Also synthetic speech-like signals and a room-like echo path, for the tests and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 from .audio_io import read_mono_24k
 from .codec import SAMPLE_RATE
 from .echo import EchoCanceller
-from .filemode import FileResult
+from .filemode import FileResult, open_outputs
 from .pipeline import FrameEvent, Pipeline
 from .recording import TranscriptWriter, WavRecorder
 
@@ -144,13 +143,7 @@ def run_file_with_echo(
 ) -> EchoFileResult:
     """`filemode.run_file` with the simulated echo; the stereo recording's left channel is what Mimi was given."""
     audio = source if isinstance(source, np.ndarray) else read_mono_24k(source)
-    with ExitStack() as files:
-        recorder = WavRecorder(out_path, stereo=stereo)
-        files.callback(recorder.close)
-        transcript = None
-        if transcript_path is not None:
-            transcript = TranscriptWriter(transcript_path)
-            files.callback(transcript.close)
+    with open_outputs(out_path, transcript_path, stereo) as (recorder, transcript):
         return run_frames_with_echo(pipeline, audio, delay_ms, gain_db, canceller, recorder, transcript, on_event,
                                     keep=False)
 

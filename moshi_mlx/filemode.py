@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,15 @@ def run_file(
     `keep` also keeps them in the result (see `run_frames`).
     """
     audio = source if isinstance(source, np.ndarray) else read_mono_24k(source)
+    with open_outputs(out_path, transcript_path, stereo) as (recorder, transcript):
+        return run_frames(pipeline, audio, on_event, recorder, transcript, keep=keep)
+
+
+@contextmanager
+def open_outputs(
+    out_path: str | Path, transcript_path: str | Path | None, stereo: bool
+) -> Iterator[tuple[WavRecorder, TranscriptWriter | None]]:
+    """The WAV recorder and the transcript writer (if asked for) of a file run, both closed on the way out."""
     with ExitStack() as files:
         recorder = WavRecorder(out_path, stereo=stereo)
         files.callback(recorder.close)
@@ -106,4 +115,4 @@ def run_file(
         if transcript_path is not None:
             transcript = TranscriptWriter(transcript_path)
             files.callback(transcript.close)
-        return run_frames(pipeline, audio, on_event, recorder, transcript, keep=keep)
+        yield recorder, transcript
