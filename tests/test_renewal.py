@@ -204,3 +204,24 @@ def test_a_stream_renews_without_the_slot_before_its_limit():
     assert renewing.renewals >= 4
     assert all(len(s.seen) <= 100 for s in WindowedStream.made[:-1])
     assert not slot.acquire(blocking=False)  # it never took (or gave back) a slot it did not hold
+
+
+def test_a_successor_slower_than_the_old_stream_still_catches_up_before_the_limit():
+    """A successor sharing the cores runs slower than the stream it follows: once it has fallen `max_behind`
+    behind, the caller waits for it at every frame until it has caught up, not only while it is that far behind
+    (which would keep it there until the old stream's limit)."""
+    made = []
+
+    def start():
+        made.append(WindowedStream(window=3, limit=400, delay_s=0.002 if made else 0.0005))
+        return made[-1]
+
+    renewing = RenewingStream("encoder", start, limit=400, renew_every=100, prime_frames=20)
+    inputs = list(range(1, 901))
+    outputs = [renewing(x) for x in inputs]
+    renewing.close()
+    assert outputs == reference(inputs, window=3)
+    assert renewing.renewals >= 3
+    # Every replaced stream handed over well before its limit, where the caller would have had to wait in full.
+    replaced = made[: renewing.renewals]
+    assert all(len(s.seen) < 300 for s in replaced), [len(s.seen) for s in replaced]

@@ -29,9 +29,12 @@ class RenewingStream(Generic[In, Out]):
 
     `start()` makes a fresh stream: a function taking one frame's input to its output. `limit` is the number of
     frames a stream can take, priming included; a renewal starts once the stream has served `renew_every` frames.
-    The caller waits for the successor when it falls more than `max_behind` frames behind (frames run flat out, as
-    in a file, would otherwise outrun it until the limit, and the old stream's memory with them; live, a successor
-    with a core of its own catches up long before) or when the old stream reaches `limit`; waits are logged.
+    The caller waits for a successor that falls behind: while it primes, once it is `max_behind` frames behind;
+    once primed, whenever it did not take two of the caller's frames since the last one, so that it gains a frame
+    at every frame (frames run flat out, as in a file, would otherwise outrun it until the limit: a successor
+    sharing the cores with the old stream runs no faster than it). Each wait lasts at most `THROTTLE_S`; only at
+    `limit` does the caller wait for it in full (logged). Live, a successor with a core of its own is faster than
+    real time and the caller never waits.
     `blend(old, new)` joins the two outputs of the frame where the successor takes over (e.g. a crossfade of
     decoded audio); by default the successor's is used. `notify` gets one line when a failed stream had to be
     replaced; `released()` is called once an old stream has been let go (e.g. to hand its memory back).
@@ -61,8 +64,9 @@ class RenewingStream(Generic[In, Out]):
         self.max_behind = prime_frames if max_behind is None else max_behind
         self._start, self._blend, self._notify, self._released = start, blend, notify, released
         self._slot, self._holds_slot = slot, False
-        # Past this position a due renewal starts even while another stream holds the slot.
-        self._last_start = limit - prime_frames - self.max_behind
+        # Past this position a due renewal starts even while another stream holds the slot: room to prime and
+        # catch up twice over, since a successor catches up slowly on a busy machine.
+        self._last_start = limit - 2 * (prime_frames + self.max_behind)
         self._step: Step = start()
         self._position = 0  # frames the current stream has taken
         # Of those, frames whose output was used (counted from renew_every - first_after for the first stream).
@@ -74,6 +78,8 @@ class RenewingStream(Generic[In, Out]):
         self._pending: deque[In] = deque()  # inputs the successor still has to take
         self._successor: tuple[Step, int] | None = None  # (stream, its position) once caught up
         self._primer_error: BaseException | None = None
+        self._primed = False  # the successor has replayed its history and takes the pending frames
+        self._behind = 0  # frames pending after the caller's last one
         self._cancel = threading.Event()  # close(): a successor being primed stops at its next frame
         self.renewals = 0
         self.waited_s = 0.0  # time the caller spent waiting for a successor that was late
@@ -85,14 +91,19 @@ class RenewingStream(Generic[In, Out]):
             self._begin_renewal()
         if self._primer is not None and self._position >= self.limit - 1:
             self._wait_for_successor()  # the old stream is full
-        elif self._primer is not None and len(self._pending) >= self.max_behind:
+        elif self._primer is not None:
             # Let the successor catch up, a little at a time: a caller that waited until it was done could not
             # stop (or keep a live loop going) before a slow machine had primed it.
-            self._wait_for_successor(timeout=THROTTLE_S)
+            # Once primed, the successor is to have taken two frames since the caller's last (the one it is on
+            # counts as taken), or be ready: the frame in its hands is why "none pending" is not "caught up".
+            target = self._behind - 2 if self._primed else self.max_behind - 1
+            if len(self._pending) > target:
+                self._wait_for_successor(timeout=THROTTLE_S, behind=target if target > 0 else None)
         with self._lock:
             successor, self._successor = self._successor, None
             if successor is None and self._primer is not None:
                 self._pending.append(x)
+                self._behind = len(self._pending)
         try:
             if successor is not None:
                 out = self._take_over(successor, x)
@@ -123,6 +134,7 @@ class RenewingStream(Generic[In, Out]):
     def _begin_renewal(self) -> None:
         snapshot = list(self._history)
         self._primer_error = None
+        self._primed, self._behind = False, 0
         self._primer = threading.Thread(
             target=self._prime, args=(snapshot,), name=f"mimi-{self.name}-renewal"
         )  # not a daemon: killing it inside the codec's native code at exit would abort the process
@@ -136,6 +148,8 @@ class RenewingStream(Generic[In, Out]):
                     return
                 step(x)
             position = len(snapshot)
+            with self._lock:
+                self._primed = True
             while not self._cancel.is_set():
                 with self._lock:
                     if not self._pending:
@@ -143,6 +157,7 @@ class RenewingStream(Generic[In, Out]):
                         self._progress.notify_all()
                         return
                     x = self._pending.popleft()
+                    self._progress.notify_all()  # a caller may be waiting for it to gain on the old stream
                 step(x)
                 position += 1
         except BaseException as e:  # the caller replaces the stream itself
@@ -151,13 +166,17 @@ class RenewingStream(Generic[In, Out]):
                 self._pending.clear()
                 self._progress.notify_all()
 
-    def _wait_for_successor(self, timeout: float | None = None) -> None:
+    def _wait_for_successor(self, timeout: float | None = None, behind: int | None = None) -> None:
+        """Until the successor is ready (or failed); with `behind`, only until that few frames are pending."""
         start = time.perf_counter()
         assert self._primer is not None
+
+        def ready() -> bool:
+            return self._successor is not None or self._primer_error is not None
+
         with self._lock:
-            done = self._progress.wait_for(
-                lambda: self._successor is not None or self._primer_error is not None, timeout
-            )
+            self._progress.wait_for(lambda: ready() or (behind is not None and len(self._pending) <= behind), timeout)
+            done = ready()
         if not done:
             self.waited_s += time.perf_counter() - start
             return
