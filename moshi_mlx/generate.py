@@ -32,6 +32,14 @@ class StepOutput:
     audio_logits: np.ndarray | None = None
 
 
+@dataclass
+class PendingStep:
+    """A step sent to the device by `LmGen.submit`, its tokens not read yet: hand it to `LmGen.collect`."""
+
+    index: int
+    generated: mx.array  # [1 + dep_q]: the text token and the depth transformer's audio tokens
+
+
 def _sampler(temp: float, top_k: int, vocab: int) -> Sampler:
     if temp <= 0:
         return lambda logits: mx.argmax(logits, axis=-1)
@@ -47,7 +55,8 @@ class LmGen:
 
     A step runs the temporal transformer as compiled pieces between the layers' attentions (whose key count
     grows), and the last layer's end, the text sampling and the depth transformer's eight steps as one compiled
-    function; tokens are assembled on the host, and the step synchronises with the device once.
+    function. Moshi's own tokens are fed back without leaving the device, so `submit` can build step t+1 while
+    step t computes; `collect` reads a step's tokens, the one host synchronisation of a step (`step` does both).
     """
 
     def __init__(
@@ -102,21 +111,26 @@ class LmGen:
         self.step_index = 0
         self.cache = self.lm.make_cache()
         self._starts = [cfg.text_card] + [cfg.card] * cfg.n_q
-        # On the host: Moshi's tokens sampled at the last max_delay + 1 steps, newest last, each [1 + dep_q],
-        # and the user's last max_delay + 1 frames, each [n_q - dep_q].
+        # Moshi's tokens sampled at the last step, on the device ([1 + dep_q], perhaps still being computed); the
+        # same for the last max_delay + 1 collected steps on the host, newest last; the user's last max_delay + 1
+        # frames, each [n_q - dep_q].
+        self._last: mx.array | None = None
         self._generated: deque[np.ndarray] = deque(maxlen=cfg.max_delay + 1)
         self._user: deque[np.ndarray] = deque(maxlen=cfg.max_delay + 1)
+        self._collected = 0  # steps collected so far
 
-    def _input_tokens(self) -> list[int]:
-        """The K tokens fed to the temporal transformer at this step."""
+    def _input_tokens(self) -> list[int | mx.array]:
+        """The K tokens fed to the temporal transformer at this step: host ints, and Moshi's own tokens of the
+        last step as one-element device arrays."""
         cfg, t = self.cfg, self.step_index
         dep = cfg.dep_q + 1
-        tokens = []
+        last = mx.split(self._last, dep) if t > 0 else None  # one operation for the dep_q + 1 tokens
+        tokens: list[int | mx.array] = []
         for k, d in enumerate(cfg.delays):
             if t <= d:
                 tokens.append(self._starts[k])
             elif k < dep:
-                tokens.append(int(self._generated[-1][k]))
+                tokens.append(last[k])
             else:
                 tokens.append(int(self._user[-1 - d][k - dep]))
         return tokens
@@ -218,7 +232,73 @@ class LmGen:
         force_audio: Any = None,
         return_logits: bool = False,
     ) -> StepOutput:
-        """Run one 80 ms frame; `user_codes` are the user's `n_q - dep_q` Mimi codes of this frame."""
+        """Run one 80 ms frame; `user_codes` are the user's `n_q - dep_q` Mimi codes of this frame.
+
+        `force_text` / `force_audio` replace the sampled tokens (teacher forcing); `return_logits` also returns
+        the logits they were sampled from.
+        """
+        if force_text is None and force_audio is None and not return_logits:
+            return self.collect(self.submit(user_codes))
+        if self._collected != self.step_index:
+            raise RuntimeError("collect the submitted steps before a forced step")
+        tokens = self._take_user(user_codes)
+        inputs = mx.concatenate([
+            tok if isinstance(tok, mx.array) else mx.array([tok], dtype=mx.int32) for tok in tokens
+        ]).reshape(1, -1, 1)
+        hidden, text_logits = self.lm.temporal(inputs, self.cache)
+        text_logits = text_logits[:, -1].astype(mx.float32)
+        if force_text is None:
+            text = self.sample_text(text_logits)
+        else:
+            text = mx.array([int(force_text)], dtype=mx.int32)
+        text = text.astype(mx.int32).reshape(1)
+        forced = None if force_audio is None else np.asarray(force_audio).reshape(-1).astype(np.int32)
+        audio, audio_logits = self._run_depth(hidden, text, forced)
+        generated = mx.concatenate([text, audio])
+        extra = [text_logits[0], audio_logits[:, 0]] if return_logits else []
+        mx.async_eval(generated, *extra, mx.random.state)
+        out = self._collect(self._submitted(generated), extra)
+        if extra:
+            out.text_logits, out.audio_logits = np.array(extra[0]), np.array(extra[1])
+        return out
+
+    def submit(self, user_codes: Any) -> PendingStep:
+        """Build this frame's step and start it on the device without waiting; `collect` gets its tokens.
+
+        The next frame can be submitted before this one is collected: its graph is then built while this one
+        computes. Steps are collected in the order they were submitted.
+        """
+        tokens = self._take_user(user_codes)
+        if self._timings is not None:
+            self._timings.append(time.perf_counter())
+        generated = self._generate(tokens)
+        # The random state goes with the tokens, so that no work is left pending behind them (MLX's GPU streams
+        # belong to the thread that made them: submit and collect on the same thread).
+        mx.async_eval(generated, mx.random.state)
+        return self._submitted(generated)
+
+    def collect(self, pending: PendingStep) -> StepOutput:
+        """Wait for a submitted step and read its tokens: the one host synchronisation of a step."""
+        return self._collect(pending)
+
+    def _collect(self, pending: PendingStep, extra: list[mx.array] | tuple[()] = ()) -> StepOutput:
+        if pending.index != self._collected:
+            raise RuntimeError(f"steps are collected in order: expected step {self._collected}, got {pending.index}")
+        cfg = self.cfg
+        mx.eval(pending.generated, *extra)  # the wait
+        self._generated.append(np.array(pending.generated))
+        self._collected += 1
+        audio_codes = None
+        if self._collected > cfg.max_delay:
+            # Stream k of the completed frame was sampled max_delay - delay_k steps ago.
+            audio_codes = np.array([
+                self._generated[-1 - (cfg.max_delay - d)][k]
+                for k, d in enumerate(cfg.delays[1 : cfg.dep_q + 1], start=1)
+            ], dtype=np.int64)
+        return StepOutput(text_token=int(self._generated[-1][0]), audio_codes=audio_codes)
+
+    def _take_user(self, user_codes: Any) -> list[int | mx.array]:
+        """Check and keep the user's codes of this frame; the step's input tokens."""
         cfg = self.cfg
         user = np.asarray(user_codes).reshape(-1)
         if user.shape[0] != self.num_user:
@@ -226,43 +306,10 @@ class LmGen:
         if user.min() < 0 or user.max() >= cfg.card:
             raise ValueError(f"user codes must lie in [0, {cfg.card}), got {user.tolist()}: are they Mimi's codes?")
         self._user.append(user.astype(np.int32))
-        if self._timings is not None:
-            self._timings.append(time.perf_counter())
-        tokens = self._input_tokens()
+        return self._input_tokens()
 
-        extra = []
-        if force_text is None and force_audio is None and not return_logits:
-            generated = self._generate(tokens)
-        else:
-            inputs = mx.array(tokens, dtype=mx.int32).reshape(1, -1, 1)
-            hidden, text_logits = self.lm.temporal(inputs, self.cache)
-            text_logits = text_logits[:, -1].astype(mx.float32)
-            if force_text is None:
-                text = self.sample_text(text_logits)
-            else:
-                text = mx.array([int(force_text)], dtype=mx.int32)
-            text = text.astype(mx.int32).reshape(1)
-            forced = None if force_audio is None else np.asarray(force_audio).reshape(-1).astype(np.int32)
-            audio, audio_logits = self._run_depth(hidden, text, forced)
-            generated = mx.concatenate([text, audio])
-            if return_logits:
-                extra = [text_logits[0], audio_logits[:, 0]]
-        # The one host synchronisation of the step. The random state goes with it, so that no pending work is
-        # left behind for another frame (or another thread: MLX's GPU streams are per thread).
-        mx.eval(generated, *extra, mx.random.state)
-        self._generated.append(np.array(generated))
+    def _submitted(self, generated: mx.array) -> PendingStep:
+        pending = PendingStep(self.step_index, generated)
+        self._last = generated
         self.step_index += 1
-
-        audio_codes = None
-        if self.step_index > cfg.max_delay:
-            # Stream k of the completed frame was sampled max_delay - delay_k steps ago.
-            audio_codes = np.array([
-                self._generated[-1 - (cfg.max_delay - d)][k]
-                for k, d in enumerate(cfg.delays[1 : cfg.dep_q + 1], start=1)
-            ], dtype=np.int64)
-        return StepOutput(
-            text_token=int(self._generated[-1][0]),
-            audio_codes=audio_codes,
-            text_logits=np.array(extra[0]) if extra else None,
-            audio_logits=np.array(extra[1]) if extra else None,
-        )
+        return pending

@@ -96,10 +96,15 @@ class Lm(nn.Module):
             x = x + embed(table, tokens[:, j + 1])
         return x
 
-    def embedding_rows(self, tokens: list[int]) -> list[mx.array]:
-        """Each stream's embedding `[1, dim]` of one step's host tokens; zero tokens (-1) are left out."""
+    def embedding_rows(self, tokens: list[int | mx.array]) -> list[mx.array]:
+        """Each stream's embedding `[1, dim]` of one step's tokens: host ints (zero tokens, -1, are left out) or
+        one-element device arrays (sampled tokens, never zero)."""
         tables = [self.text_emb, *self.audio_embs]
-        return [table(mx.array([token])) for table, token in zip(tables, tokens, strict=True) if token != ZERO_TOKEN]
+        return [
+            table(token if isinstance(token, mx.array) else mx.array([token]))
+            for table, token in zip(tables, tokens, strict=True)
+            if isinstance(token, mx.array) or token != ZERO_TOKEN
+        ]
 
     def temporal(self, tokens: mx.array, caches: list[Any] | None = None) -> tuple[mx.array, mx.array]:
         """Temporal transformer over input tokens `[B, K, T]` -> (hidden `[B, T, dim]`, text logits)."""

@@ -4,8 +4,8 @@ Every way Python code can make MLX compute and wait (`mx.eval`, and `item`, `tol
 an array) is wrapped while an `OpCounter` is active: before the wait, the pending graph of what is being evaluated
 is exported with `mx.export_to_dot` and its operation nodes are counted. Arrays already evaluated appear as
 leaves, so over a step the counts add up to the operations run, each once; a compiled function counts one node
-per fused kernel it runs. `mx.async_eval` is counted too (not as a sync) and run at once. Reading an array with
-`np.array` is not wrapped: call `sync` first.
+per fused kernel it runs. `mx.async_eval` is counted too and run at once; the later wait for its arrays (an
+`mx.eval` or a read of one of them) is the sync. Reading an array with `np.array` is not wrapped: call `sync` first.
 
 This module imports nothing but MLX, so another package's environment can load it by path (benchmarks/).
 """
@@ -42,6 +42,7 @@ class OpCounter:
         self.by_name: Counter = Counter()
         self.syncs = 0
         self._saved: dict[str, Any] = {}
+        self._in_flight: set[int] = set()  # ids of arrays sent by async_eval and not waited for yet
 
     @property
     def ops(self) -> int:
@@ -50,18 +51,23 @@ class OpCounter:
     def sync(self, *arrays: Any) -> None:
         """Count the pending work behind `arrays` as one host synchronisation (if there is any), then evaluate."""
         ops = graph_ops(*arrays)
-        if ops:
+        ids = {id(a) for _, a in tree_flatten(list(arrays)) if isinstance(a, mx.array)}
+        if ops or ids & self._in_flight:
             self.by_name.update(ops)
             self.syncs += 1
+        self._in_flight -= ids
         self._saved.get("eval", mx.eval)(*arrays)
 
     def reset(self) -> None:
         self.by_name.clear()
         self.syncs = 0
+        self._in_flight.clear()
 
     def _async_eval(self, *arrays: Any) -> None:
-        # Counted (not as a sync) and run at once: work left in flight would be counted again at the next sync.
+        # Counted and run at once (work left in flight would be counted again at the next sync); the wait for
+        # these arrays counts as the sync.
         self.by_name.update(graph_ops(*arrays))
+        self._in_flight.update(id(a) for _, a in tree_flatten(list(arrays)) if isinstance(a, mx.array))
         self._saved["eval"](*arrays)
 
     def __enter__(self) -> OpCounter:

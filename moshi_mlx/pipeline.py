@@ -12,7 +12,7 @@ import numpy as np
 
 from .codec import Codec, load_codec
 from .errors import MoshiError
-from .generate import LmGen, StepOutput
+from .generate import LmGen, PendingStep, StepOutput
 from .text import text_piece
 from .weights import load_lm
 
@@ -60,6 +60,8 @@ class Frame:
     out: StepOutput | None = None
     index: int = -1
     lm_ms: float = 0.0
+    pending: PendingStep | None = None  # submitted to the LM, not collected yet
+    lm_start: float = 0.0
 
 
 def rms(x: np.ndarray) -> float:
@@ -95,6 +97,7 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.frame_size = codec.frame_size
         self.sample_rate = codec.sample_rate
+        self._lm_free_at = 0.0  # when the LM's last step was collected
 
     @classmethod
     def load(
@@ -136,11 +139,23 @@ class Pipeline:
         return frame
 
     def think(self, frame: Frame) -> Frame:
+        return self.collect(self.submit(frame))
+
+    def submit(self, frame: Frame) -> Frame:
+        """Start the LM's step on the frame (`collect` waits for it): the next frame can be submitted first."""
         assert frame.codes is not None, "encode the frame first"
-        t0 = time.perf_counter()
-        frame.out = self.gen.step(frame.codes)
-        frame.lm_ms = (time.perf_counter() - t0) * 1000
-        frame.index = self.gen.step_index - 1
+        frame.lm_start = time.perf_counter()
+        frame.pending = self.gen.submit(frame.codes)
+        return frame
+
+    def collect(self, frame: Frame) -> Frame:
+        assert frame.pending is not None, "submit the frame first"
+        frame.out = self.gen.collect(frame.pending)
+        frame.index, frame.pending = frame.pending.index, None
+        # A frame submitted while the one before computed starts its own time once that one is collected.
+        now = time.perf_counter()
+        frame.lm_ms = (now - max(frame.lm_start, self._lm_free_at)) * 1000
+        self._lm_free_at = now
         return frame
 
     def speak(self, frame: Frame, overlapped: bool = False) -> tuple[FrameEvent, np.ndarray | None]:

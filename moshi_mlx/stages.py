@@ -2,8 +2,10 @@
 
 While the LM runs frame t on the calling (inference) thread, a worker encodes frame t+1 and another decodes frame
 t-1, so a frame costs its slowest stage instead of their sum. Each stage takes a frame as soon as the one before
-hands it over and the next has room, so a frame waits at most one frame behind a busy stage. Codecs that run MLX
-(`runs_off_thread` False) keep the three stages on the calling thread, one after the other.
+hands it over and the next has room, so a frame waits at most one frame behind a busy stage. When the LM is the
+slowest stage, the next frame is already encoded when a step is submitted: its step is then built while this one
+computes (`LmGen.submit` / `collect`), and the device does not wait for Python between frames. Codecs that run
+MLX (`runs_off_thread` False) keep the three stages on the calling thread, one after the other.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class _Overlapped:
         self.pipeline, self.frames, self.sink, self.stop = pipeline, frames, sink, stop
         self.encoded: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
         self.thought: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
-        # The encoder starts frame t+1 only once the LM has taken frame t: one frame ahead, no more.
-        self.room = threading.Semaphore(1)
+        # The encoder starts a frame only once the LM has taken the frame two before it: when the LM is the
+        # slowest stage, the frame after the one it computes is then ready to be submitted.
+        self.room = threading.Semaphore(2)
         self.failed = threading.Event()
         self.error: BaseException | None = None
         self._error_lock = threading.Lock()
@@ -78,6 +81,13 @@ class _Overlapped:
             except queue.Full:
                 if self.failed.is_set():
                     raise _Stopped from None
+
+    def _get_ready(self, q: queue.Queue[Frame | None]) -> Frame | None | bool:
+        """What `q` holds now, or False when it is empty."""
+        try:
+            return q.get_nowait()
+        except queue.Empty:
+            return False
 
     def _get(self, q: queue.Queue[Frame | None]) -> Frame | None:
         while True:
@@ -126,6 +136,25 @@ class _Overlapped:
                 if self.failed.is_set():
                     return
 
+    def _think(self) -> None:
+        """The LM's stage: each frame submitted, and collected once the next one is submitted or none is ready."""
+        pending: Frame | None = None
+        while True:
+            frame = self._get(self.encoded) if pending is None else self._get_ready(self.encoded)
+            if frame is False:  # nothing ready: no reason to make this frame wait
+                self._put(self.thought, self.pipeline.collect(pending))
+                pending = None
+                continue
+            if frame is _END:
+                if pending is not None:
+                    self._put(self.thought, self.pipeline.collect(pending))
+                return
+            self.room.release()
+            submitted = self.pipeline.submit(frame)
+            if pending is not None:
+                self._put(self.thought, self.pipeline.collect(pending))
+            pending = submitted
+
     def run(self) -> None:
         workers = [
             threading.Thread(target=self._encoder, name="moshi-encoder", daemon=True),
@@ -134,9 +163,7 @@ class _Overlapped:
         for worker in workers:
             worker.start()
         try:
-            while (frame := self._get(self.encoded)) is not _END:
-                self.room.release()
-                self._put(self.thought, self.pipeline.think(frame))
+            self._think()
         except _Stopped:
             pass
         except BaseException as e:

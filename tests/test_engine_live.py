@@ -74,7 +74,7 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
     # 10 % and missed blocks to a few. What our callbacks control, their own time, is bounded tightly below.
     for intervals in (intervals_in, intervals_out):
         assert abs(np.median(intervals) - 80) < 2 and abs(intervals.mean() - 80) < 8, intervals
-        assert np.mean(intervals > 200) < 0.05, intervals
+        assert np.sum(intervals > 200) <= max(1, len(intervals) // 20), intervals
     assert stats.callback_max_ms < 10
     assert stats.input_overflows + stats.output_underflows <= max(2, len(intervals_in) // 20)
 
@@ -177,7 +177,7 @@ def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model, monkeyp
         threads.append(("unwired", threading.current_thread().name))
 
     monkeypatch.setattr(moshi_mlx.engine, "wired_limit", wired)
-    for name in ("step", "reset"):
+    for name in ("submit", "collect", "reset"):
         method = getattr(pipeline.gen, name)
 
         def recorded(*args, _method=method, _name=name, **kwargs):
@@ -188,8 +188,10 @@ def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model, monkeyp
     with Engine(pipeline, warmup_frames=2) as engine:
         time.sleep(1.0)
     stats = engine.stats()
-    assert [name for name, _ in threads[:4]] == ["wired", "step", "step", "reset"]
-    assert threads[-1][0] == "unwired" and len(threads) == 5 + stats.processed and stats.processed > 0
+    names = [name for name, _ in threads]
+    assert names[:6] == ["wired", "submit", "collect", "submit", "collect", "reset"]
+    assert names[-1] == "unwired" and stats.processed > 0
+    assert names.count("submit") == names.count("collect") == 2 + stats.processed
     assert {thread for _, thread in threads} == {"moshi-inference"}
 
 

@@ -24,15 +24,16 @@ def environment(monkeypatch, tmp_path):
 
 
 def fail_lm_at_call(monkeypatch, call: int) -> None:
-    step, calls = LmGen.step, [0]
+    """The LM's step number `call` (from 1, warm-up included) fails as it is submitted."""
+    submit, calls = LmGen.submit, [0]
 
     def failing(self, *args, **kwargs):
         calls[0] += 1
         if calls[0] == call:
             raise ValueError(RUST_ERROR)
-        return step(self, *args, **kwargs)
+        return submit(self, *args, **kwargs)
 
-    monkeypatch.setattr(LmGen, "step", failing)
+    monkeypatch.setattr(LmGen, "submit", failing)
 
 
 def run_cli(argv: list[str]) -> int:

@@ -105,6 +105,38 @@ def test_pipeline_composes_mimi_and_lmgen(tmp_path, tiny_model):
     assert result.text == "".join(e.text or "" for e in result.events).strip()
 
 
+def test_a_slow_lm_builds_the_next_step_while_one_computes(tiny_model):
+    """When the LM is the slowest stage, frame t+1's step is submitted before frame t's is collected; the output
+    is what the stages one after the other give."""
+    rng = np.random.default_rng(1)
+    audio = (0.1 * rng.standard_normal(10 * FRAME)).astype(np.float32)
+    expected = run_frames(load_pipeline(tiny_model, seed=5), audio, overlap=False)
+
+    pipeline = load_pipeline(tiny_model, seed=5)
+    gen, outstanding, ahead = pipeline.gen, [], []
+    submit, collect = gen.submit, gen.collect
+
+    def slow_submit(codes):
+        ahead.append(len(outstanding))
+        pending = submit(codes)
+        outstanding.append(pending)
+        time.sleep(0.05)  # building a big model's step takes a while: the next frame's codes land meanwhile
+        return pending
+
+    def slow_collect(pending):
+        time.sleep(0.3)  # a big model computing: the encoder gets ahead
+        outstanding.remove(pending)
+        return collect(pending)
+
+    gen.submit, gen.collect = slow_submit, slow_collect
+    result = run_frames(pipeline, audio, overlap=True)
+    assert sum(1 for n in ahead if n > 0) >= 5, ahead
+    assert max(ahead) == 1  # never more than one step in flight beside the one being built
+    np.testing.assert_array_equal(result.moshi, expected.moshi)
+    assert [e.text_token for e in result.events] == [e.text_token for e in expected.events]
+    assert all(0 < e.lm_ms < 2000 for e in result.events)
+
+
 def test_files_are_closed_on_error(tmp_path, tiny_model):
     """An error mid-run (here: a UI callback failing) leaves complete files with what was done so far."""
     source = tmp_path / "in.wav"

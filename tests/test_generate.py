@@ -103,6 +103,30 @@ def test_one_host_sync_per_step(monkeypatch):
     assert len(syncs) == 3 and unevaluated_reads == []
 
 
+def test_submitting_the_next_step_before_collecting_gives_the_same_tokens():
+    """Step t+1 built while step t computes (its inputs still on the device) samples exactly what `step` does."""
+    lm = random_lm(tiny_config())
+
+    def tokens(outs):
+        return [(o.text_token, None if o.audio_codes is None else o.audio_codes.tolist()) for o in outs]
+
+    expected = tokens(run(LmGen(lm, seed=3), 30))
+    gen = LmGen(lm, seed=3)
+    outs, pending = [], gen.submit(USER[0])
+    for t in range(1, 30):
+        ahead = gen.submit(USER[t])
+        outs.append(gen.collect(pending))
+        pending = ahead
+    outs.append(gen.collect(pending))
+    assert tokens(outs) == expected
+    first, second = gen.submit(USER[0]), gen.submit(USER[1])
+    with pytest.raises(RuntimeError, match="collected in order"):
+        gen.collect(second)
+    with pytest.raises(RuntimeError, match="before a forced step"):
+        gen.step(USER[2], force_text=1)
+    gen.collect(first)
+
+
 def test_bad_user_codes():
     gen = LmGen(random_lm(tiny_config()))
     with pytest.raises(ValueError, match="expected 8 user codes"):
