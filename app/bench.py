@@ -3,7 +3,7 @@
 Random weights of the exact shapes, built in memory (lazily, module by module, so the 7B in q4 needs no more
 than its q4 size), and a random full-size Mimi written to a temporary file. Three passes over the same audio:
 a profiling pass that syncs after each stage (encode, temporal, depth, decode: median and p90), a count of the
-LM step's operations and host synchronisations, and the real frame loop (`moshi_mlx.filemode.run_frames`),
+LM step's operations and host synchronisations, and the real frame loop (`moshi_mlx.stream.filemode.run_frames`),
 whose wall time gives the real-time factor and during which peak memory is measured.
 """
 
@@ -23,11 +23,11 @@ from mlx.utils import tree_flatten
 
 from moshi_mlx import Lm, LmConfig, LmGen
 from moshi_mlx.codec import BACKENDS, FRAME_SIZE, SAMPLE_RATE, Codec, choose_backend, load_codec
-from moshi_mlx.codec.random_weights import write_random_mimi
-from moshi_mlx.filemode import run_frames
-from moshi_mlx.opcount import OpCounter
-from moshi_mlx.pipeline import Pipeline
-from moshi_mlx.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from moshi_mlx.devtools.opcount import OpCounter
+from moshi_mlx.devtools.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from moshi_mlx.devtools.random_mimi import write_random_mimi
+from moshi_mlx.stream.filemode import run_frames
+from moshi_mlx.stream.pipeline import Pipeline
 
 from .memory import check_fits
 from .model_args import codec_line
@@ -96,8 +96,8 @@ def profile(pipeline: Pipeline, audio: np.ndarray, trace: list[dict], origin: fl
 
 def echo_cost(frames: int) -> tuple[float, float] | None:
     """Median and p90 ms of cleaning one microphone frame (WebRTC AEC3), on speech-like echo; None without livekit."""
-    from moshi_mlx.echo import make_echo_canceller
-    from moshi_mlx.echo_sim import speech_like
+    from moshi_mlx.stream.echo.canceller import make_echo_canceller
+    from moshi_mlx.stream.echo.simulator import speech_like
 
     canceller = make_echo_canceller(True)
     if canceller is None:
@@ -216,7 +216,7 @@ def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_by
           f"{budget / GIB:.2f} GiB = LM weights {weights_bytes / GIB:.2f} + Mimi {mimi_bytes / GIB:.2f} + KV cache "
           f"{kv_bytes / GIB:.3f} + 0.49 GiB: {'within' if rss <= budget else 'OVER'}")
     rtf = wall / (args.frames * FRAME_MS / 1000)
-    print(f"frame loop (moshi_mlx.filemode.run_frames): {args.frames} frames in {wall:.2f} s, "
+    print(f"frame loop (moshi_mlx.stream.filemode.run_frames): {args.frames} frames in {wall:.2f} s, "
           f"real-time factor {rtf:.2f} ({1000 * wall / args.frames:.1f} ms per 80 ms frame)")
     echo = echo_cost(args.frames)
     if echo is not None:

@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.live import Live
 
 from moshi_mlx import hub
-from moshi_mlx.audio_io import find_device
 from moshi_mlx.codec import choose_backend
-from moshi_mlx.engine import Engine, EngineStats
 from moshi_mlx.errors import MoshiError
-from moshi_mlx.pipeline import Pipeline
-from moshi_mlx.recording import WavRecorder
-from moshi_mlx.weights import summarize_quantization
+from moshi_mlx.model.weights import summarize_quantization
+from moshi_mlx.stream.audio_io import find_device
+from moshi_mlx.stream.engine import Engine, EngineStats
+from moshi_mlx.stream.pipeline import Pipeline
+from moshi_mlx.stream.recording import WavRecorder
 
 from .checks import check_outputs
 from .failure import Failed

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from moshi_mlx.audio_io import list_devices, sounddevice
 from moshi_mlx.errors import MoshiError
+from moshi_mlx.stream.audio_io import list_devices, sounddevice
 
 from .parser import Parser
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from moshi_mlx import hub
 from moshi_mlx.codec import BACKENDS, choose_backend
-from moshi_mlx.pipeline import Pipeline, load_text_tokenizer
-from moshi_mlx.text import check_vocabulary
-from moshi_mlx.weights import summarize_quantization
+from moshi_mlx.model.text import check_vocabulary
+from moshi_mlx.model.weights import summarize_quantization
+from moshi_mlx.stream.pipeline import Pipeline, load_text_tokenizer
 
 from .memory import check_fits, choose_quant
 from .parser import repo_id, seed, temperature

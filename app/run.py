@@ -7,11 +7,11 @@ import sys
 import time
 from typing import Any
 
-from moshi_mlx.audio_io import read_mono_24k
 from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE
 from moshi_mlx.errors import MoshiError
-from moshi_mlx.filemode import run_file
-from moshi_mlx.pipeline import FrameEvent
+from moshi_mlx.stream.audio_io import read_mono_24k
+from moshi_mlx.stream.filemode import run_file
+from moshi_mlx.stream.pipeline import FrameEvent
 
 from .checks import check_outputs
 from .failure import Failed
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.simulate_echo is None:
             result = run_file(pipeline, audio, args.out, args.transcript, stereo=args.stereo, on_event=show)
         else:
-            from moshi_mlx.echo import make_echo_canceller
-            from moshi_mlx.echo_sim import run_file_with_echo
+            from moshi_mlx.stream.echo.canceller import make_echo_canceller
+            from moshi_mlx.stream.echo.simulator import run_file_with_echo
 
             canceller = make_echo_canceller(args.aec == "on")
             result = run_file_with_echo(pipeline, audio, args.out, *args.simulate_echo, canceller,
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def echo_spec(text: str) -> tuple[float, float]:
-    from moshi_mlx.echo_sim import parse_echo_spec
+    from moshi_mlx.stream.echo.simulator import parse_echo_spec
 
     try:
         return parse_echo_spec(text)

@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from moshi_mlx.errors import MoshiError
-from moshi_mlx.pipeline import FrameEvent
+from moshi_mlx.stream.pipeline import FrameEvent
 
 FRAME_S = 0.08
 SENTENCE_END = (".", "!", "?")

@@ -12,7 +12,7 @@ Both programs load the same checkpoint (our MLX layout is Kyutai's; with --quant
 writes, which Kyutai's code loads strictly after its own `nn.quantize`), run with the same sampling settings, and
 time `step` plus reading the tokens back on the host. Rounds alternate between the two to spread machine noise.
 
-Operations per frame: `moshi_mlx/opcount.py` (loaded by path into Kyutai's venv too) counts the nodes of every
+Operations per frame: `moshi_mlx/devtools/opcount.py` (loaded by path into Kyutai's venv too) counts the nodes of every
 graph the step evaluates, at each host synchronisation (`mx.eval`, `.item()`, `if array:` ...), over a few
 frames after the timed ones. On this CPU backend MLX's `mx.fast` kernels (RMS norm, RoPE, attention) count as
 the few operations each of their fallbacks is made of, for both programs alike; on Metal each is one kernel.
@@ -48,7 +48,7 @@ WARMUP = 5
 
 
 def _opcount():
-    spec = importlib.util.spec_from_file_location("opcount", ROOT / "moshi_mlx" / "opcount.py")
+    spec = importlib.util.spec_from_file_location("opcount", ROOT / "moshi_mlx" / "devtools" / "opcount.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -217,7 +217,7 @@ def main() -> None:
     from moshi_mlx.quantize.recipes import make_plan
 
     from moshi_mlx import LmConfig
-    from moshi_mlx.testing import tiny_config, write_random_lm
+    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
 
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} {platform.system()}, "
           f"{platform.processor() or ''} mlx {mlx_version(sys.executable)} (ours) / "

@@ -2,7 +2,7 @@
 
     python benchmarks/echo_bench.py [--seconds 20]
 
-Moshi's voice and the user's are speech-like signals (`moshi_mlx.echo_sim.speech_like`); the echo path is a bulk
+Moshi's voice and the user's are speech-like signals (`speech_like`); the echo path is a bulk
 delay plus 60 ms of reflections (`room_response`), as loud as the user. Frames go through the canceller in the
 live loop's order: the speaker's block queued, then the microphone frame of the same 80 ms cleaned.
 """
@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from moshi_mlx.echo import EchoCanceller, EchoSettings
-from moshi_mlx.echo_sim import convolve, room_response, speech_like
+from moshi_mlx.stream.echo.canceller import EchoCanceller, EchoSettings
+from moshi_mlx.stream.echo.simulator import convolve, room_response, speech_like
 
 SR, FRAME = 24000, 1920
 

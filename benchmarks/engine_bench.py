@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moshi_mlx.config import LmConfig
-from moshi_mlx.pipeline import FrameEvent, Pipeline
+from moshi_mlx.model.config import LmConfig
+from moshi_mlx.stream.pipeline import FrameEvent, Pipeline
 
 SIZES = {
     "tiny": dict(card=2048),
@@ -31,8 +31,8 @@ SIZES = {
 
 
 def random_model(directory: Path, size: str) -> tuple[Path, Path, Path]:
-    from moshi_mlx.codec.random_weights import write_random_mimi
-    from moshi_mlx.testing import tiny_config, write_random_lm
+    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
+    from moshi_mlx.devtools.random_mimi import write_random_mimi
 
     weights, config = write_random_lm(directory, tiny_config(**SIZES[size]), seed=0)
     return weights, config, write_random_mimi(directory / "mimi.safetensors")
@@ -58,7 +58,7 @@ def print_stages(events: list[FrameEvent]) -> None:
 
 def offline(pipeline: Pipeline, frames: int) -> None:
     """The file loop, stages one after the other and then overlapped, alternately (the machine is noisy)."""
-    from moshi_mlx.filemode import run_frames
+    from moshi_mlx.stream.filemode import run_frames
 
     pipeline.warmup()
     audio = test_audio(frames)
@@ -80,7 +80,7 @@ def offline(pipeline: Pipeline, frames: int) -> None:
 
 
 def live(pipeline: Pipeline, seconds: float, virtual: bool) -> None:
-    from moshi_mlx.engine import Engine
+    from moshi_mlx.stream.engine import Engine
 
     server = None
     if virtual:

@@ -19,7 +19,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from moshi_mlx import LmGen
-from moshi_mlx.testing import random_lm, tiny_config
+from moshi_mlx.devtools.random_lm import random_lm, tiny_config
 
 SIZES = {
     "tiny": dict(dim=256, num_heads=4, num_layers=2, depformer_dim=128, depformer_num_heads=4,

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.mimi_weights
         if weights is None:
-            from moshi_mlx.codec.random_weights import write_random_mimi
+            from moshi_mlx.devtools.random_mimi import write_random_mimi
 
             weights = write_random_mimi(Path(tmp) / "mimi.safetensors")
         for name in args.backends.split(","):

@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from moshi_mlx.codec import FRAME_SIZE, load_codec
-from moshi_mlx.process_memory import current_rss_bytes
+from moshi_mlx.devtools.process_memory import current_rss_bytes
 
 
 def rss_mb() -> float:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.mimi_weights
         if weights is None:
-            from moshi_mlx.codec.random_weights import write_random_mimi
+            from moshi_mlx.devtools.random_mimi import write_random_mimi
 
             weights = write_random_mimi(Path(tmp) / "mimi.safetensors")
         codec = load_codec(weights, backend=args.backend)

@@ -23,7 +23,7 @@ from mlx.utils import tree_flatten
 from moshi_mlx.quantize.safetensors_stream import SafetensorsWriter, TensorSpec
 
 from moshi_mlx import Lm, LmConfig
-from moshi_mlx.weights import to_pytorch_names, write_config
+from moshi_mlx.model.weights import to_pytorch_names, write_config
 
 GIB = 1024**3
 
@@ -31,7 +31,7 @@ GIB = 1024**3
 CHILD = """
 import json, sys, time
 from moshi_mlx import LmConfig
-from moshi_mlx.process_memory import peak_rss_bytes
+from moshi_mlx.devtools.process_memory import peak_rss_bytes
 from moshi_mlx.quantize.quantizer import quantize_checkpoint
 from moshi_mlx.quantize.recipes import make_plan
 

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from moshi_mlx import LmConfig
-from moshi_mlx.testing import random_lm, tiny_config
-from moshi_mlx.weights import save_lm_pytorch, write_config
+from moshi_mlx.devtools.random_lm import random_lm, tiny_config
+from moshi_mlx.model.weights import save_lm_pytorch, write_config
 
 SIZES = {
     # The 7B's ratios (depth dim = dim / 4, the same hidden_scale and depth feed-forward ratio), scaled down.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moshi_mlx.process_memory import current_rss_bytes
+from moshi_mlx.devtools.process_memory import current_rss_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -115,10 +115,10 @@ class Probe:
 def load(model_dir: Path):
     from conftest import write_tiny_tokenizer
 
-    from moshi_mlx.codec.random_weights import write_random_mimi
-    from moshi_mlx.config import LmConfig
-    from moshi_mlx.pipeline import Pipeline
-    from moshi_mlx.testing import tiny_config, write_random_lm
+    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
+    from moshi_mlx.devtools.random_mimi import write_random_mimi
+    from moshi_mlx.model.config import LmConfig
+    from moshi_mlx.stream.pipeline import Pipeline
 
     weights, config = write_random_lm(model_dir, tiny_config(card=2048), seed=0)
     mimi = model_dir / "mimi.safetensors"
@@ -138,8 +138,8 @@ def speech(directory: Path) -> Path:
 def soak_file(minutes: float, directory: Path) -> dict:
     import soundfile
 
-    from moshi_mlx.filemode import run_frames
-    from moshi_mlx.recording import TranscriptWriter, WavRecorder
+    from moshi_mlx.stream.filemode import run_frames
+    from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
     pipeline = load(directory)
     voice, _ = soundfile.read(str(speech(directory)), dtype="float32")
@@ -162,8 +162,8 @@ def soak_live(minutes: float, directory: Path) -> dict:
 
     from audio_server import VirtualAudio, reinitialise_portaudio
 
-    from moshi_mlx.engine import Engine
-    from moshi_mlx.recording import TranscriptWriter, WavRecorder
+    from moshi_mlx.stream.engine import Engine
+    from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
     server = VirtualAudio().start()
     os.environ.update(PULSE_SERVER=server.env["PULSE_SERVER"], XDG_RUNTIME_DIR=server.env["XDG_RUNTIME_DIR"])

@@ -16,8 +16,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import get_session, validate_repo_id
 
-from .config import LmConfig
 from .errors import MoshiError
+from .model.config import LmConfig
 
 VOICES = ("moshiko", "moshika")
 QUANTS = ("q4", "q8", "bf16")

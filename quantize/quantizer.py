@@ -1,6 +1,6 @@
 """Out-of-core quantization: Kyutai's bf16 checkpoint in, a quantized MLX checkpoint and config.json out.
 
-Tensors are read one at a time from the memory-mapped input, renamed with `moshi_mlx.weights.sanitize`,
+Tensors are read one at a time from the memory-mapped input, renamed with `moshi_mlx.model.weights.sanitize`,
 quantized with MLX's affine quantization and appended to the output, whose header is computed beforehand from
 shapes alone. Peak memory is about one input tensor and its quantized form, whatever the checkpoint size.
 """
@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from moshi_mlx import Lm, LmConfig
 from moshi_mlx.errors import MoshiError
-from moshi_mlx.weights import is_pytorch_layout, sanitize, write_config
+from moshi_mlx.model.weights import is_pytorch_layout, sanitize, write_config
 
 from .recipes import QuantSpec, describe, file_tag, quantization_block
 from .safetensors_stream import SafetensorsReader, SafetensorsWriter, TensorSpec, dtype_name, nbytes

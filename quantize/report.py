@@ -64,9 +64,9 @@ def wav_codes(
 ) -> np.ndarray:
     """Codes `[1, 1 + n_q, T]` of a recording (a file, or mono 24 kHz samples): its Mimi codes fill Moshi's and
     the user's audio streams, the text stream is padding (as when nobody speaks in Moshi's text)."""
-    from moshi_mlx.audio_io import read_mono_24k
     from moshi_mlx.codec import load_codec
     from moshi_mlx.codec.base import FRAME_SIZE
+    from moshi_mlx.stream.audio_io import read_mono_24k
 
     codec = load_codec(mimi_weights)
     if config.card < codec.cardinality:

@@ -49,14 +49,14 @@ class TinyModel:
 @pytest.fixture(scope="session")
 def mimi_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Mimi checkpoint in Kyutai's names (about 385 MB, written once per session)."""
-    from moshi_mlx.codec.random_weights import write_random_mimi
+    from moshi_mlx.devtools.random_mimi import write_random_mimi
 
     return write_random_mimi(tmp_path_factory.mktemp("mimi") / "mimi.safetensors", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, mimi_weights: Path) -> TinyModel:
-    from moshi_mlx.testing import tiny_config, write_random_lm
+    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
 
     directory = tmp_path_factory.mktemp("tiny_model")
     # Mimi's codes go up to 2047: the LM's audio tables must be that large.

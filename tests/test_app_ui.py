@@ -9,7 +9,7 @@ from moshi_mlx.app.ui import ChatView, PlainOutput, Transcript, decibels
 from rich.console import Console
 
 from moshi_mlx import MoshiError
-from moshi_mlx.pipeline import FrameEvent
+from moshi_mlx.stream.pipeline import FrameEvent
 
 
 def event(index, text=None, dropped=0, underruns=0, backlog=0, encode=40.0, lm=20.0, decode=40.0, level=0.1):

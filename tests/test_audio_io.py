@@ -8,7 +8,7 @@ import soundfile
 import soxr
 
 from moshi_mlx import MoshiError
-from moshi_mlx.audio_io import Chunker, StreamResampler, downmix, find_device, read_mono_24k, stream_settings
+from moshi_mlx.stream.audio_io import Chunker, StreamResampler, downmix, find_device, read_mono_24k, stream_settings
 
 
 @pytest.mark.audio

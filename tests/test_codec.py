@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from moshi_mlx import MoshiError
 from moshi_mlx.codec import FRAME_SIZE, NUM_CODEBOOKS, load_codec
-from moshi_mlx.codec.random_weights import mimi_shapes, random_mimi_weights
+from moshi_mlx.devtools.random_mimi import mimi_shapes, random_mimi_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "mimi_pytorch.safetensors"  # made by fixtures/make_mimi_fixtures.py

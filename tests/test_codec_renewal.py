@@ -10,9 +10,9 @@ import pytest
 from audio_server import speech_wav
 
 from moshi_mlx.codec import FRAME_SIZE, load_codec
-from moshi_mlx.config import LmConfig
-from moshi_mlx.filemode import run_frames
-from moshi_mlx.pipeline import Pipeline
+from moshi_mlx.model.config import LmConfig
+from moshi_mlx.stream.filemode import run_frames
+from moshi_mlx.stream.pipeline import Pipeline
 
 PRIME = 250  # the default
 

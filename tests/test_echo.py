@@ -10,9 +10,9 @@ import soundfile
 import soxr
 from moshi_mlx.app import cli
 
-from moshi_mlx import echo as echo_module
-from moshi_mlx.echo import EchoCanceller, EchoSettings, gcc_phat_lag, make_echo_canceller
-from moshi_mlx.echo_sim import convolve, echo_removed_db, parse_echo_spec, room_response, speech_like
+from moshi_mlx.stream.echo import canceller as echo_module
+from moshi_mlx.stream.echo.canceller import EchoCanceller, EchoSettings, gcc_phat_lag, make_echo_canceller
+from moshi_mlx.stream.echo.simulator import convolve, echo_removed_db, parse_echo_spec, room_response, speech_like
 
 SR, FRAME = 24000, 1920
 
@@ -99,7 +99,7 @@ def test_a_lead_beyond_range_is_held_back(moshi_voice, caplog):
     echo = convolve(moshi_voice, room_response(delay_ms=700))
     mic = echo + room_noise(10)
     canceller = EchoCanceller()
-    with caplog.at_level(logging.INFO, logger="moshi_mlx.echo"):
+    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.canceller"):
         out = cancel(mic, moshi_voice, canceller)
     assert canceller.xcorr_lead_ms == pytest.approx(700, abs=10)
     assert canceller.hold_ms == pytest.approx(700 - canceller.settings.target_lead_ms, abs=15)
@@ -117,7 +117,7 @@ def test_lead_from_stream_time_info_before_moshi_speaks(caplog):
     """Time info alone (the speaker plays each block 600 ms after the microphone's frame is captured)."""
     canceller = EchoCanceller()
     silence = np.zeros(FRAME, np.float32)
-    with caplog.at_level(logging.INFO, logger="moshi_mlx.echo"):
+    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.canceller"):
         for t in range(12):
             canceller.add_reference(silence, dac_time=t * 0.08 + 0.6)
             canceller.clean(silence, adc_time=t * 0.08)
@@ -221,7 +221,7 @@ def test_ring_keeps_the_last_samples_by_index():
 
 def test_cleaned_microphone_from_48k_stereo_blocks(moshi_voice):
     """Device blocks of 1024 frames at 48 kHz in, cleaned 24 kHz frames out; the reference at 24 kHz."""
-    from moshi_mlx.echo import CleanedMicrophone
+    from moshi_mlx.stream.echo.canceller import CleanedMicrophone
 
     echo = convolve(moshi_voice, room_response(delay_ms=60))
     mic48 = soxr.resample(echo, SR, 48000).astype(np.float32)

@@ -13,11 +13,11 @@ import pytest
 import soundfile
 from test_echo_live import echo_path, level_db, medians  # noqa: F401  (a fixture)
 
-from moshi_mlx.config import LmConfig
-from moshi_mlx.echo import EchoCanceller
-from moshi_mlx.echo_sim import speech_like
-from moshi_mlx.engine import Engine
-from moshi_mlx.pipeline import Pipeline
+from moshi_mlx.model.config import LmConfig
+from moshi_mlx.stream.echo.canceller import EchoCanceller
+from moshi_mlx.stream.echo.simulator import speech_like
+from moshi_mlx.stream.engine import Engine
+from moshi_mlx.stream.pipeline import Pipeline
 
 pytestmark = pytest.mark.audio
 SR, FRAME = 24000, 1920
@@ -50,8 +50,8 @@ class SpeakingCodec:
 
 
 def converse(tiny_model, tmp_path, aec: bool, monkeypatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, Engine]:
-    from moshi_mlx.generate import LmGen
-    from moshi_mlx.weights import load_lm
+    from moshi_mlx.model.generate import LmGen
+    from moshi_mlx.model.weights import load_lm
 
     lm = load_lm(tiny_model.moshi_weights, LmConfig.from_json(tiny_model.config))
     pipeline = Pipeline(LmGen(lm, seed=0), SpeakingCodec())
@@ -65,7 +65,7 @@ def converse(tiny_model, tmp_path, aec: bool, monkeypatch) -> tuple[np.ndarray, 
         return out
 
     monkeypatch.setattr(EchoCanceller, "clean", spy)
-    from moshi_mlx.recording import WavRecorder
+    from moshi_mlx.stream.recording import WavRecorder
 
     record = tmp_path / f"talk-{aec}.wav"
     engine = Engine(pipeline, recorder=WavRecorder(record, stereo=True), aec=aec, max_backlog=4)

@@ -16,10 +16,10 @@ import soundfile
 from audio_server import speech_wav
 
 from moshi_mlx import MoshiError
-from moshi_mlx.config import LmConfig
-from moshi_mlx.engine import Engine
-from moshi_mlx.pipeline import Pipeline
-from moshi_mlx.recording import TranscriptWriter, WavRecorder
+from moshi_mlx.model.config import LmConfig
+from moshi_mlx.stream.engine import Engine
+from moshi_mlx.stream.pipeline import Pipeline
+from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
 pytestmark = pytest.mark.audio
 FRAME = 1920
@@ -164,7 +164,7 @@ def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model, monkeyp
     The model's memory is wired (mlx-lm's `wired_limit`, a no-op off Metal) on that thread for the conversation."""
     import contextlib
 
-    import moshi_mlx.engine
+    import moshi_mlx.stream.engine
 
     pipeline = load_pipeline(tiny_model)
     threads = []
@@ -176,7 +176,7 @@ def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model, monkeyp
         yield
         threads.append(("unwired", threading.current_thread().name))
 
-    monkeypatch.setattr(moshi_mlx.engine, "wired_limit", wired)
+    monkeypatch.setattr(moshi_mlx.stream.engine, "wired_limit", wired)
     for name in ("submit", "collect", "reset"):
         method = getattr(pipeline.gen, name)
 

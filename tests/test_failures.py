@@ -9,7 +9,7 @@ import soundfile
 from moshi_mlx.app.cli import main
 
 from moshi_mlx.codec import rustymimi_backend
-from moshi_mlx.generate import LmGen
+from moshi_mlx.model.generate import LmGen
 
 RUST_ERROR = ("narrow invalid args start + len > dim_len: [8192, 32], dim: 0, start: 8192, len:2\n"
               "   0: candle_core::error::Error::bt\n             at /root/.cargo/registry/src/error.rs:254:25")

@@ -16,9 +16,9 @@ from moshi_mlx.app import cli
 
 from moshi_mlx import LmGen, MoshiError, load_lm, text_piece
 from moshi_mlx.codec import load_codec
-from moshi_mlx.config import LmConfig
-from moshi_mlx.filemode import run_file, run_frames
-from moshi_mlx.pipeline import Pipeline, load_text_tokenizer
+from moshi_mlx.model.config import LmConfig
+from moshi_mlx.stream.filemode import run_file, run_frames
+from moshi_mlx.stream.pipeline import Pipeline, load_text_tokenizer
 
 FRAME = 1920
 
@@ -184,7 +184,7 @@ def test_unwritable_output_is_a_one_line_error(tmp_path, tiny_model, capsys):
 
 
 def test_lm_that_cannot_take_mimis_codes_is_refused(tmp_path, tiny_model):
-    from moshi_mlx.testing import tiny_config, write_random_lm
+    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
 
     weights, config = write_random_lm(tmp_path, tiny_config(card=64), seed=0)  # Mimi's codes reach 2047
     gen = LmGen(load_lm(weights, LmConfig.from_json(config)))

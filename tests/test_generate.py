@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from moshi_mlx import LmGen
-from moshi_mlx.testing import random_lm, tiny_config
+from moshi_mlx.devtools.random_lm import random_lm, tiny_config
 
 USER = np.random.default_rng(0).integers(0, 64, size=(40, 8))
 
@@ -79,7 +79,7 @@ def test_runs_past_the_context_with_a_bounded_window():
 
 def test_one_host_sync_per_step(monkeypatch):
     """One `mx.eval` per step, and every array read on the host was evaluated by it."""
-    import moshi_mlx.generate as generate
+    import moshi_mlx.model.generate as generate
 
     gen = LmGen(random_lm(tiny_config()), seed=0)
     run(gen, 2)  # warm up
@@ -151,7 +151,7 @@ def test_compiled_depth_transformer_matches_eager(temp):
 @pytest.mark.parametrize("temp, top_k", [(0.7, 5), (1.3, 0), (0.8, 64)])
 def test_sampler_draws_from_kyutai_distribution(temp, top_k):
     """Kyutai's `sample_token`: softmax(logits / temp) kept to the top k (k=0 or k >= vocab: all), renormalised."""
-    from moshi_mlx.generate import _sampler
+    from moshi_mlx.model.generate import _sampler
 
     logits = np.random.default_rng(3).normal(0, 1.5, size=64).astype(np.float32)
     mx.random.seed(0)

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from moshi_mlx import MoshiError
+from moshi_mlx.devtools.random_lm import tiny_config
 from moshi_mlx.hub import default_repo, normalize_quant, repo_quant, resolve_files
-from moshi_mlx.testing import tiny_config
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

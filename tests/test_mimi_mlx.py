@@ -170,9 +170,9 @@ def speech_like(seconds: float) -> np.ndarray:
 def test_file_run_gives_rustymimis_transcript(tiny_model, tmp_path):
     """The file loop with a float32 LM and greedy sampling says the same words through either codec."""
     pytest.importorskip("rustymimi")
-    from moshi_mlx.config import LmConfig
-    from moshi_mlx.filemode import run_file
-    from moshi_mlx.pipeline import Pipeline
+    from moshi_mlx.model.config import LmConfig
+    from moshi_mlx.stream.filemode import run_file
+    from moshi_mlx.stream.pipeline import Pipeline
 
     audio = speech_like(1.2)
     results = {}

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from moshi_mlx import LmGen
-from moshi_mlx.opcount import OpCounter, graph_ops
-from moshi_mlx.testing import random_lm, tiny_config
+from moshi_mlx.devtools.opcount import OpCounter, graph_ops
+from moshi_mlx.devtools.random_lm import random_lm, tiny_config
 
 
 def test_counter_counts_each_evaluated_operation_once():

@@ -173,7 +173,7 @@ def test_fused_attention_names_load_identically(variant, tmp_path):
 
 def test_rope_is_computed_in_float32():
     """Kyutai rotates in float32 and rounds once; MLX's CPU kernel alone would round cos/sin to bfloat16."""
-    from moshi_mlx.transformer import rope
+    from moshi_mlx.model.transformer import rope
 
     head_dim, offset = 128, 2950
     x = mx.array(np.random.default_rng(0).normal(0, 4, size=(1, 4, 50, head_dim)).astype(np.float32))

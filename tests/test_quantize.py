@@ -24,8 +24,8 @@ from moshi_mlx.quantize.report import quality_reports, random_codes
 from moshi_mlx.quantize.safetensors_stream import SafetensorsReader
 
 from moshi_mlx import Lm, LmConfig, MoshiError, load_lm
-from moshi_mlx.testing import tiny_config, write_random_lm
-from moshi_mlx.weights import to_pytorch_names
+from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
+from moshi_mlx.model.weights import to_pytorch_names
 
 MANIFEST = json.loads((Path(__file__).parent / "fixtures" / "moshiko_v0_1_mlx_layout.json").read_text())
 DTYPES = {"bfloat16": "BF16", "uint32": "U32", "float32": "F32"}

@@ -7,7 +7,7 @@ import pytest
 import soundfile
 
 from moshi_mlx.errors import MoshiError
-from moshi_mlx.recording import TranscriptWriter, WavRecorder
+from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
 
 @pytest.mark.parametrize("name, container", [("conversation", "WAV"), ("talk.rec", "WAV"), ("talk.wav", "WAV"),

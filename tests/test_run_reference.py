@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import soundfile
-
 from moshi_mlx.app.cli import main
-from moshi_mlx.echo_sim import speech_like
+
+from moshi_mlx.stream.echo.simulator import speech_like
 
 REFERENCE = Path(__file__).parent / "fixtures" / "run_reference" / "run_seed0.json"
 BACKENDS = ("mlx", "rust")

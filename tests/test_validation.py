@@ -25,7 +25,7 @@ from moshi_mlx.app import checks, cli
 from moshi_mlx.app.parser import Parser
 
 from moshi_mlx import LmConfig, MoshiError, load_lm
-from moshi_mlx.testing import tiny_config, write_random_lm
+from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
 
 MEMORY = "MOSHI_MLX_TOTAL_MEMORY_GB"
 FRAME = 1920

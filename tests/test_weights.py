@@ -5,8 +5,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from moshi_mlx import LmGen, MoshiError, load_lm, save_lm
-from moshi_mlx.testing import random_lm, tiny_config, write_random_lm
-from moshi_mlx.weights import save_lm_pytorch, summarize_quantization
+from moshi_mlx.devtools.random_lm import random_lm, tiny_config, write_random_lm
+from moshi_mlx.model.weights import save_lm_pytorch, summarize_quantization
 
 CODES = np.random.default_rng(0).integers(0, 64, size=(1, 17, 12)).astype(np.int32)
 

@@ -10,11 +10,11 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from .codec import Codec, load_codec
-from .errors import MoshiError
-from .generate import LmGen, PendingStep, StepOutput
-from .text import text_piece
-from .weights import load_lm
+from ..codec import Codec, load_codec
+from ..errors import MoshiError
+from ..model.generate import LmGen, PendingStep, StepOutput
+from ..model.text import text_piece
+from ..model.weights import load_lm
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Pipeline:
         return text_piece(self.tokenizer, token) if self.tokenizer is not None else None
 
     # The three stages of a frame. `encode` and `decode` may run on worker threads when the codec allows it
-    # (`codec.runs_off_thread`); `think` runs MLX, so always on the inference thread.
+    # (`codec.runs_off_thread`); `lm_step` runs MLX, so always on the inference thread.
 
     def encode(self, frame: Frame) -> Frame:
         t0 = time.perf_counter()
@@ -138,7 +138,7 @@ class Pipeline:
         frame.encode_ms = (time.perf_counter() - t0) * 1000
         return frame
 
-    def think(self, frame: Frame) -> Frame:
+    def lm_step(self, frame: Frame) -> Frame:
         return self.collect(self.submit(frame))
 
     def submit(self, frame: Frame) -> Frame:
@@ -158,9 +158,9 @@ class Pipeline:
         self._lm_free_at = now
         return frame
 
-    def speak(self, frame: Frame, overlapped: bool = False) -> tuple[FrameEvent, np.ndarray | None]:
+    def decode(self, frame: Frame, overlapped: bool = False) -> tuple[FrameEvent, np.ndarray | None]:
         """Decode Moshi's audio of the frame (None at step 0): the frame's event and Moshi's samples."""
-        assert frame.out is not None, "think first"
+        assert frame.out is not None, "run the LM step first"
         t0 = time.perf_counter()
         codes = frame.out.audio_codes
         pcm = self.codec.decode(codes) if codes is not None else None
@@ -183,9 +183,9 @@ class Pipeline:
     def step(self, frame: np.ndarray) -> tuple[FrameEvent, np.ndarray | None]:
         """The user's frame (float32 `[1920]` at 24 kHz) -> the event and Moshi's frame (None at step 0).
 
-        The three stages one after the other on the caller's thread; `stages.run_stages` overlaps them.
+        The three stages one after the other on the caller's thread; `frame_loop.run_frame_loop` overlaps them.
         """
-        return self.speak(self.think(self.encode(Frame(frame))))
+        return self.decode(self.lm_step(self.encode(Frame(frame))))
 
     def close(self) -> None:
         """Release the codec (its threads and memory)."""

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from .codec import SAMPLE_RATE
-from .errors import MoshiError
+from ..codec import SAMPLE_RATE
+from ..errors import MoshiError
 
 
 class WavRecorder:

@@ -10,8 +10,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from .codec import FRAME_SIZE, SAMPLE_RATE
-from .errors import MoshiError
+from ..codec import FRAME_SIZE, SAMPLE_RATE
+from ..errors import MoshiError
 
 
 def sounddevice() -> Any:

@@ -13,8 +13,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ..errors import MoshiError
 from .config import LmConfig
-from .errors import MoshiError
 from .lm import Lm
 
 _ATTN = {

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..codec import SAMPLE_RATE
 from .audio_io import read_mono_24k
-from .codec import SAMPLE_RATE
+from .frame_loop import run_frame_loop
 from .pipeline import FrameEvent, Pipeline
 from .recording import TranscriptWriter, WavRecorder
-from .stages import run_stages
 
 
 @dataclass
@@ -47,7 +47,7 @@ def run_frames(
 ) -> FileResult:
     """Run mono 24 kHz float32 audio through a fresh pipeline, zero-padded to whole 80 ms frames.
 
-    The stages overlap (`stages.run_stages`) when the codec allows, unless `overlap` is False; the output is the
+    The stages overlap (`frame_loop.run_frame_loop`) when the codec allows, unless `overlap` is False; the output is the
     same either way: Moshi's frame produced at step t is placed at frame t.
     """
     if pipeline.gen.step_index > 0:
@@ -80,7 +80,7 @@ def run_frames(
             on_event(event)
 
     frames = (user[t * size : (t + 1) * size] for t in range(count))
-    run_stages(pipeline, frames, sink, overlap=overlap)
+    run_frame_loop(pipeline, frames, sink, overlap=overlap)
     return FileResult(user=user, text="".join(text).strip(), text_tokens=tokens, frames=done, moshi=moshi,
                       events=events)
 

@@ -19,7 +19,7 @@ def text_piece(tokenizer: Any, token: int) -> str | None:
 def check_vocabulary(tokenizer: Any, config: Any, path: Any = "the text tokenizer") -> None:
     """The tokenizer must have one piece per text token of the model: with fewer, words past its end are dropped;
     with more, it belongs to another model."""
-    from .errors import MoshiError
+    from ..errors import MoshiError
 
     size = tokenizer.vocab_size()
     if size != config.text_card:

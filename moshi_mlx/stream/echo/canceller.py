@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .audio_io import StreamResampler, downmix
+from ..audio_io import StreamResampler, downmix
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ class CleanedMicrophone:
     """
 
     def __init__(self, canceller: EchoCanceller | None, device_rate: int, frame_size: int = 1920):
-        from .audio_io import Chunker
+        from ..audio_io import Chunker
 
         self.canceller = canceller
         self.device_rate = device_rate

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MoshiError
+from ..errors import MoshiError
 
 NORMS = ("rms_norm_f32", "rms_norm", "layer_norm", "layer_norm_f32")
 GATINGS = ("silu", "none")

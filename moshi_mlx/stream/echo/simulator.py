@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio_io import read_mono_24k
-from .codec import SAMPLE_RATE
-from .echo import EchoCanceller
-from .filemode import FileResult, open_outputs
-from .pipeline import FrameEvent, Pipeline
-from .recording import TranscriptWriter, WavRecorder
+from ...codec import SAMPLE_RATE
+from ..audio_io import read_mono_24k
+from ..filemode import FileResult, open_outputs
+from ..pipeline import FrameEvent, Pipeline
+from ..recording import TranscriptWriter, WavRecorder
+from .canceller import EchoCanceller
 
 WINDOW_S = 0.5  # echo removal is reported as the median over windows this long
 

@@ -8,9 +8,9 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
-from .config import LmConfig
-from .lm import Lm
-from .weights import sanitize, save_lm, save_lm_pytorch, to_pytorch_names, write_config
+from ..model.config import LmConfig
+from ..model.lm import Lm
+from ..model.weights import sanitize, save_lm, save_lm_pytorch, to_pytorch_names, write_config
 
 
 def tiny_config(**overrides: Any) -> LmConfig:

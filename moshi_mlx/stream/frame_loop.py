@@ -27,7 +27,7 @@ class _Stopped(Exception):
     """Another stage failed: this one leaves quietly."""
 
 
-def run_stages(
+def run_frame_loop(
     pipeline: Pipeline,
     frames: Iterable[np.ndarray],
     sink: Sink,
@@ -55,7 +55,7 @@ class _Overlapped:
     def __init__(self, pipeline: Pipeline, frames: Iterable[np.ndarray], sink: Sink, stop: threading.Event | None):
         self.pipeline, self.frames, self.sink, self.stop = pipeline, frames, sink, stop
         self.encoded: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
-        self.thought: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
+        self.stepped: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
         # The encoder starts a frame only once the LM has taken the frame two before it: when the LM is the
         # slowest stage, the frame after the one it computes is then ready to be submitted.
         self.room = threading.Semaphore(2)
@@ -120,8 +120,8 @@ class _Overlapped:
 
     def _decoder(self) -> None:
         try:
-            while (frame := self._get(self.thought)) is not _END:
-                event, pcm = self.pipeline.speak(frame, overlapped=True)
+            while (frame := self._get(self.stepped)) is not _END:
+                event, pcm = self.pipeline.decode(frame, overlapped=True)
                 self.sink(event, frame.user, pcm)
         except BaseException as e:
             self._fail(e)
@@ -136,23 +136,23 @@ class _Overlapped:
                 if self.failed.is_set():
                     return
 
-    def _think(self) -> None:
+    def _lm_stage(self) -> None:
         """The LM's stage: each frame submitted, and collected once the next one is submitted or none is ready."""
         pending: Frame | None = None
         while True:
             frame = self._get(self.encoded) if pending is None else self._get_ready(self.encoded)
             if frame is False:  # nothing ready: no reason to make this frame wait
-                self._put(self.thought, self.pipeline.collect(pending))
+                self._put(self.stepped, self.pipeline.collect(pending))
                 pending = None
                 continue
             if frame is _END:
                 if pending is not None:
-                    self._put(self.thought, self.pipeline.collect(pending))
+                    self._put(self.stepped, self.pipeline.collect(pending))
                 return
             self.room.release()
             submitted = self.pipeline.submit(frame)
             if pending is not None:
-                self._put(self.thought, self.pipeline.collect(pending))
+                self._put(self.stepped, self.pipeline.collect(pending))
             pending = submitted
 
     def run(self) -> None:
@@ -163,13 +163,13 @@ class _Overlapped:
         for worker in workers:
             worker.start()
         try:
-            self._think()
+            self._lm_stage()
         except _Stopped:
             pass
         except BaseException as e:
             self._fail(e)
         finally:
-            self._put_end(self.thought)
+            self._put_end(self.stepped)
             self.room.release()
             for worker in workers:
                 worker.join()

@@ -4,7 +4,7 @@ A frame's story: the input callback queues the microphone's block; the encoder s
 (the lag policy), resamples them to 24 kHz frames, takes Moshi's own voice out of them (`echo.EchoCanceller`, whose
 reference is what the output callback gave the speaker) and has Mimi encode one; the inference thread runs Moshi's
 step on it; the decoder stage has Mimi decode Moshi's frame and queues it for the output callback, which plays it.
-The three stages overlap (`stages.run_stages`): while Moshi thinks about frame t, frame t+1 is encoded and frame
+The three stages overlap (`frame_loop.run_frame_loop`): while the LM steps on frame t, frame t+1 is encoded and frame
 t-1 decoded. The callbacks only move numpy blocks (no waiting, no MLX, one small copy). Lag policy: when more than
 `max_backlog` input frames wait, the oldest are dropped (and counted); when Moshi's audio is late, the speaker plays
 silence (an underrun, counted). Stopping plays out what Moshi already said, up to `PLAYOUT_S`.
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 from mlx_lm.generate import wired_limit
 
+from ..errors import MoshiError
 from .audio_io import Chunker, StreamResampler, StreamSettings, find_device, sounddevice, stream_settings
-from .echo import CleanedMicrophone, EchoCanceller, EchoSettings, make_echo_canceller
-from .errors import MoshiError
+from .echo.canceller import CleanedMicrophone, EchoCanceller, EchoSettings, make_echo_canceller
+from .frame_loop import run_frame_loop
 from .pipeline import FrameEvent, Pipeline
-from .stages import run_stages
 
 FRAME_MS = 80.0
 TIMES_KEPT = 4096  # callback timestamps kept for the stats (about 5 minutes)
@@ -205,7 +205,7 @@ class Engine:
         self._to_speaker = StreamResampler(self.pipeline.sample_rate, settings_out.samplerate)
         self._blocks = Chunker(settings_out.blocksize)
         try:
-            run_stages(self.pipeline, self._microphone_frames(), self._deliver, stop=self._stop)
+            run_frame_loop(self.pipeline, self._microphone_frames(), self._deliver, stop=self._stop)
         except BaseException as e:  # reported by stop(); the UI sees `running` turn False
             self.error = e
 

@@ -1,0 +1,1 @@
+"""Development aids: random-weight checkpoints in Kyutai's formats, operation counting, resident memory."""

@@ -1,0 +1,1 @@
+"""The model: Kyutai's LM (temporal and depth transformers) from its JSON config, its weights and its generator."""
