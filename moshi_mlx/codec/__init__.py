@@ -9,7 +9,7 @@ from typing import Any
 import mlx.core as mx
 
 from ..errors import MoshiError
-from .base import CARDINALITY, FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE, Codec
+from .base import CARDINALITY, FRAME_MS, FRAME_S, FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE, Codec
 
 BACKENDS = ("auto", "mlx", "rust")
 
@@ -58,5 +58,7 @@ def load_codec(
     return MlxMimi(path, num_codebooks=num_codebooks, dtype=dtype)
 
 
-__all__ = ["BACKENDS", "CARDINALITY", "Codec", "FRAME_SIZE", "NUM_CODEBOOKS", "SAMPLE_RATE", "choose_backend",
-           "load_codec"]
+__all__ = [
+    "BACKENDS", "CARDINALITY", "Codec", "FRAME_MS", "FRAME_S", "FRAME_SIZE", "NUM_CODEBOOKS", "SAMPLE_RATE",
+    "choose_backend", "load_codec",
+]

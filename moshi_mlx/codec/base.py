@@ -8,6 +8,8 @@ import numpy as np
 
 SAMPLE_RATE = 24000
 FRAME_SIZE = 1920  # 80 ms at 24 kHz: one Mimi frame, one model step
+FRAME_S = FRAME_SIZE / SAMPLE_RATE  # 0.08
+FRAME_MS = 1000 * FRAME_S  # 80.0
 NUM_CODEBOOKS = 8  # Moshi uses the first 8 of Mimi's 32 codebooks
 CARDINALITY = 2048
 
