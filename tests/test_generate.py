@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 from moshi_mlx import LmGen
+from moshi_mlx.devtools.profiling import StepProfiler
 from moshi_mlx.devtools.random_lm import random_lm, tiny_config
 
 USER = np.random.default_rng(0).integers(0, 64, size=(40, 8))
 
 
-def run(gen, steps, **kwargs):
-    return [gen.step(USER[t], **kwargs) for t in range(steps)]
+def run(gen, steps):
+    return [gen.step(USER[t]) for t in range(steps)]
 
 
 def test_step_outputs():
@@ -41,7 +42,7 @@ def test_output_frame_realigns_the_acoustic_delay():
     """The frame handed out at step t is [a0(t-1), a1..a7(t)] of what the depth transformer sampled."""
     gen = LmGen(random_lm(tiny_config()), temp=0, temp_text=0)
     forced = np.random.default_rng(1).integers(0, 64, size=(6, 8))
-    outs = [gen.step(USER[t], force_audio=forced[t], force_text=5) for t in range(6)]
+    outs = [gen.step_forced(USER[t], text=5, audio=forced[t]) for t in range(6)]
     assert all(o.text_token == 5 for o in outs)
     for t in range(1, 6):
         assert outs[t].audio_codes.tolist() == [forced[t - 1][0], *forced[t][1:]]
@@ -53,7 +54,7 @@ def test_streaming_equals_teacher_forced_forward(context):
     lm = random_lm(tiny_config(context=context), seed=1)
     cfg, steps = lm.config, 3 * 5 + 2
     gen = LmGen(lm, seed=3)
-    outs = run(gen, steps, return_logits=True)
+    outs = [gen.step_forced(USER[t]) for t in range(steps)]
     codes = np.zeros((1, 17, steps), dtype=np.int32)
     codes[0, 0] = [o.text_token for o in outs]
     for t in range(1, steps):  # the frame of step t is [a0(t-1), a1..a7(t)]; codes hold stream k at t - delay
@@ -99,7 +100,7 @@ def test_one_host_sync_per_step(monkeypatch):
     monkeypatch.setattr(mx, "eval", counting_eval)
     monkeypatch.setattr(generate.np, "array", checked_array)
     for t in range(3):
-        gen.step(USER[t], return_logits=t == 2)
+        gen.step_forced(USER[t]) if t == 2 else gen.step(USER[t])
     assert len(syncs) == 3 and unevaluated_reads == []
 
 
@@ -123,7 +124,7 @@ def test_submitting_the_next_step_before_collecting_gives_the_same_tokens():
     with pytest.raises(RuntimeError, match="collected in order"):
         gen.collect(second)
     with pytest.raises(RuntimeError, match="before a forced step"):
-        gen.step(USER[2], force_text=1)
+        gen.step_forced(USER[2], text=1)
     gen.collect(first)
 
 
@@ -173,7 +174,7 @@ def test_text_and_audio_samplers_take_their_own_settings():
     text_sampled = audio_sampled = 0
     previous = None
     for t in range(12):
-        a, b = greedy_audio.step(USER[t], return_logits=True), greedy_text.step(USER[t], return_logits=True)
+        a, b = greedy_audio.step_forced(USER[t]), greedy_text.step_forced(USER[t])
         text_sampled += a.text_token != a.text_logits.argmax()
         assert b.text_token == b.text_logits.argmax()
         if t:  # the frame of step t is [a0(t-1), a1..a7(t)]
@@ -183,15 +184,17 @@ def test_text_and_audio_samplers_take_their_own_settings():
     assert text_sampled > 0 and audio_sampled > 0
 
 
-def test_profile_step_gives_the_tokens_of_step_and_times_both_parts():
+def test_profiler_gives_the_tokens_of_step_and_times_both_parts():
     lm = random_lm(tiny_config())
     gen = LmGen(lm, seed=6)
+
     def tokens(outs):
         return [(o.text_token, None if o.audio_codes is None else o.audio_codes.tolist()) for o in outs]
 
-    expected = tokens(run(gen, 6))
+    expected = tokens(run(gen, 9))
     gen.reset()
-    profiled = [gen.profile_step(USER[t]) for t in range(6)]
-    assert tokens(o for o, _, _ in profiled) == expected
+    profiler = StepProfiler(gen)
+    profiled = [profiler.step(USER[t]) for t in range(6)]
+    assert tokens(o for o, _, _ in profiled) == expected[:6]
     assert all(temporal > 0 and depth > 0 for _, temporal, depth in profiled)
-    assert gen._timings is None
+    assert tokens(gen.step(USER[t]) for t in range(6, 9)) == expected[6:]  # the generator goes on as unprofiled

@@ -67,7 +67,7 @@ def test_streaming_matches_pytorch_forward(variant):
     for t in range(steps):
         user = codes[moshi:, t - 1] if t else np.zeros(cfg.n_q - cfg.dep_q, dtype=np.int64)
         forced = [codes[k, t - d] if t >= d else 0 for k, d in enumerate(cfg.delays[:moshi])]
-        out = gen.step(user, force_text=int(forced[0]), force_audio=forced[1:], return_logits=True)
+        out = gen.step_forced(user, text=int(forced[0]), audio=forced[1:])
         np.testing.assert_allclose(out.text_logits, ref["text_logits"][0, 0, t], rtol=0, atol=TOL)
         for k, d in enumerate(cfg.delays[1:moshi]):
             if t >= d:

@@ -60,7 +60,7 @@ def test_free_running_greedy_matches_pytorch(variant):
     with_logits = LmGen(lm, temp=0, temp_text=0)
     for t, user in enumerate(tr["user"]):
         out = fast.step(user)
-        out_logits = with_logits.step(user, return_logits=True)
+        out_logits = with_logits.step_forced(user)
         for o in (out, out_logits):
             assert o.text_token == tr["text"][t], f"text token at step {t}"
             if t == 0:
@@ -78,7 +78,7 @@ def test_teacher_forced_steps_match_pytorch(variant):
     tr, lm = trace(variant), model(variant)
     gen = LmGen(lm, temp=0.8, temp_text=0.7, seed=1)  # sampling settings are irrelevant when forced
     for t, user in enumerate(tr["user"]):
-        out = gen.step(user, force_text=int(tr["text"][t]), force_audio=tr["audio"][t], return_logits=True)
+        out = gen.step_forced(user, text=int(tr["text"][t]), audio=tr["audio"][t])
         assert out.text_token == tr["text"][t]
         assert (out.audio_codes is None) == bool(tr["frame_is_none"][t])
         if out.audio_codes is not None:
@@ -165,7 +165,7 @@ def test_fused_attention_names_load_identically(variant, tmp_path):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     gens = [LmGen(lm_split, temp=0, temp_text=0), LmGen(lm_fused, temp=0, temp_text=0)]
     for user in trace(variant)["user"][:8]:
-        a, b = (g.step(user, return_logits=True) for g in gens)
+        a, b = (g.step_forced(user) for g in gens)
         assert a.text_token == b.text_token
         np.testing.assert_array_equal(a.text_logits, b.text_logits)
         np.testing.assert_array_equal(a.audio_logits, b.audio_logits)

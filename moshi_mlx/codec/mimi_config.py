@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..model.schema import BaseConfig
+
 
 @dataclass(frozen=True)
-class MimiConfig:
+class MimiConfig(BaseConfig):
     sample_rate: int = 24000
     frame_rate: float = 12.5
     channels: int = 1
@@ -32,8 +33,7 @@ class MimiConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MimiConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if k == "ratios" else v) for k, v in values.items() if k in names})
+        return cls(**{k: (tuple(v) if k == "ratios" else v) for k, v in cls.known(values).items()})
 
     @property
     def hop_length(self) -> int:

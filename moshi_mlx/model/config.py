@@ -4,82 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import MoshiError
+from .schema import BOOL, INT, LIST, NUM, OBJECT, STR, BaseConfig, describe, field_problems, is_int, setting
 
 NORMS = ("rms_norm_f32", "rms_norm", "layer_norm", "layer_norm_f32")
 GATINGS = ("silu", "none")
 POSITIONAL_EMBEDDINGS = ("rope", "sin", "sin_rope", "none")
-OPTIONAL_KEYS = (
-    "depformer_weights_per_step_schedule", "depformer_low_rank_embeddings", "demux_second_stream",
-    "conditioners", "cross_attention",
-)
-# Keys Kyutai's `LMModel` cannot do without (or that no Moshi config leaves out).
-REQUIRED_KEYS = (
-    "dim", "text_card", "n_q", "dep_q", "card", "num_heads", "num_layers", "delays", "depformer_dim",
-    "depformer_num_heads",
-)
-# Kyutai's `LMModel` / `StreamingTransformer` defaults where they differ from the 7B's.
-PYTORCH_DEFAULTS: dict[str, Any] = {
-    "hidden_scale": 4,
-    "context": None,
-    "gating": "none",
-    "norm": "layer_norm",
-    "positional_embedding": "sin",
-    "layer_scale": None,
-    "depformer_dim_feedforward": None,
-    "depformer_causal": None,
-    "depformer_context": None,
-    "depformer_max_period": None,
-    "depformer_gating": None,
-    "depformer_pos_emb": "sin",
-    "depformer_multi_linear": False,
-    "depformer_weights_per_step": False,
-}
-# Types and ranges of Kyutai's schema: (kind, smallest, largest, may be null). The upper bounds are far above any
-# released model (the 7B: dim 4096, 32 layers) and keep a typo from asking for terabytes.
-_INT, _NUM, _BOOL, _STR = "whole number", "number", "true or false", "string"
-SCHEMA: dict[str, tuple[str, float | None, float | None, bool]] = {
-    "dim": (_INT, 1, 65536, False),
-    "text_card": (_INT, 1, 1 << 20, False),
-    "existing_text_padding_id": (_INT, 0, 1 << 20, False),
-    "existing_text_end_padding_id": (_INT, 0, 1 << 20, False),
-    "n_q": (_INT, 1, 64, False),
-    "dep_q": (_INT, 0, 64, False),
-    "card": (_INT, 1, 1 << 20, False),
-    "num_heads": (_INT, 1, 1024, False),
-    "num_layers": (_INT, 1, 1024, False),
-    "hidden_scale": (_NUM, 1e-3, 64, False),
-    "causal": (_BOOL, None, None, False),
-    "layer_scale": (_NUM, 0, 1e6, True),
-    "context": (_INT, 1, 1 << 24, True),
-    "max_period": (_NUM, 1e-6, 1e12, False),
-    "gating": (_STR, None, None, False),
-    "norm": (_STR, None, None, False),
-    "positional_embedding": (_STR, None, None, False),
-    "depformer_dim": (_INT, 1, 65536, False),
-    "depformer_dim_feedforward": (_INT, 1, 1 << 20, True),
-    "depformer_num_heads": (_INT, 1, 1024, False),
-    "depformer_num_layers": (_INT, 1, 1024, False),
-    "depformer_causal": (_BOOL, None, None, True),
-    "depformer_layer_scale": (_NUM, 0, 1e6, True),
-    "depformer_multi_linear": (_BOOL, None, None, False),
-    "depformer_context": (_INT, 1, 1 << 24, True),
-    "depformer_max_period": (_NUM, 1e-6, 1e12, True),
-    "depformer_gating": (_STR, None, None, True),
-    "depformer_pos_emb": (_STR, None, None, False),
-    "depformer_weights_per_step": (_BOOL, None, None, False),
-    "depformer_low_rank_embeddings": (_INT, 1, 65536, True),
-    "demux_second_stream": (_BOOL, None, None, False),
-    "cross_attention": (_BOOL, None, None, False),
-}
 MAX_DELAY = 1000
-CHOICES = {"norm": NORMS, "gating": GATINGS, "depformer_gating": GATINGS, "positional_embedding":
-           POSITIONAL_EMBEDDINGS, "depformer_pos_emb": POSITIONAL_EMBEDDINGS}
 
 # Options of Kyutai's LM (also under a `depformer_` prefix) this port does not implement, with their "off" value.
 # (`quantize`, Kyutai's PyTorch int8 flag, is left to the loader: quantization is read off the tensors.)
@@ -90,44 +25,51 @@ UNSUPPORTED: dict[str, Any] = {
 
 
 @dataclass
-class LmConfig:
-    """Kyutai's LM config; `depformer_*` keys left out fall back to the main transformer's values."""
+class LmConfig(BaseConfig):
+    """Kyutai's LM config; `depformer_*` keys left out fall back to the main transformer's values.
 
-    dim: int = 4096
-    text_card: int = 32000
-    existing_text_padding_id: int = 3
-    existing_text_end_padding_id: int = 0
-    n_q: int = 16
-    dep_q: int = 8
-    card: int = 2048
-    num_heads: int = 32
-    num_layers: int = 32
-    hidden_scale: float = 4.125
-    causal: bool = True
-    layer_scale: float | None = None
-    context: int | None = 3000
-    max_period: float = 10000.0
-    gating: str = "silu"
-    norm: str = "rms_norm_f32"
-    positional_embedding: str = "rope"
-    depformer_dim: int = 1024
-    depformer_dim_feedforward: int | None = 4224
-    depformer_num_heads: int = 16
-    depformer_num_layers: int = 6
-    depformer_causal: bool | None = True
-    depformer_layer_scale: float | None = None
-    depformer_multi_linear: bool = True
-    depformer_context: int | None = 8
-    depformer_max_period: float | None = 10000.0
-    depformer_gating: str | None = "silu"
-    depformer_pos_emb: str = "none"
-    depformer_weights_per_step: bool = True
-    depformer_weights_per_step_schedule: list[int] | None = None
-    depformer_low_rank_embeddings: int | None = None
-    demux_second_stream: bool = False
-    delays: list[int] = field(default_factory=lambda: [0] + [0] + [1] * 7 + [0] + [1] * 7)
-    conditioners: dict | None = None
-    cross_attention: bool = False
+    Each field: the 7B's value, its kind and range (the upper bounds are far above any released model and keep
+    a typo from asking for terabytes), and in its metadata `required` (Kyutai's `LMModel` cannot do without it),
+    `absent` (the value of Kyutai's `LMModel` / `StreamingTransformer` when the key is left out, where it
+    differs from the 7B's) or `optional` (left out of the JSON at its "off" value, as in Kyutai's own configs).
+    """
+
+    dim: int = setting(4096, INT, 1, 65536, required=True)
+    text_card: int = setting(32000, INT, 1, 1 << 20, required=True)
+    existing_text_padding_id: int = setting(3, INT, 0, 1 << 20)
+    existing_text_end_padding_id: int = setting(0, INT, 0, 1 << 20)
+    n_q: int = setting(16, INT, 1, 64, required=True)
+    dep_q: int = setting(8, INT, 0, 64, required=True)
+    card: int = setting(2048, INT, 1, 1 << 20, required=True)
+    num_heads: int = setting(32, INT, 1, 1024, required=True)
+    num_layers: int = setting(32, INT, 1, 1024, required=True)
+    hidden_scale: float = setting(4.125, NUM, 1e-3, 64, absent=4)
+    causal: bool = setting(True, BOOL)
+    layer_scale: float | None = setting(None, NUM, 0, 1e6, null=True)
+    context: int | None = setting(3000, INT, 1, 1 << 24, null=True, absent=None)
+    max_period: float = setting(10000.0, NUM, 1e-6, 1e12)
+    gating: str = setting("silu", STR, choices=GATINGS, absent="none")
+    norm: str = setting("rms_norm_f32", STR, choices=NORMS, absent="layer_norm")
+    positional_embedding: str = setting("rope", STR, choices=POSITIONAL_EMBEDDINGS, absent="sin")
+    depformer_dim: int = setting(1024, INT, 1, 65536, required=True)
+    depformer_dim_feedforward: int | None = setting(4224, INT, 1, 1 << 20, null=True, absent=None)
+    depformer_num_heads: int = setting(16, INT, 1, 1024, required=True)
+    depformer_num_layers: int = setting(6, INT, 1, 1024)
+    depformer_causal: bool | None = setting(True, BOOL, null=True, absent=None)
+    depformer_layer_scale: float | None = setting(None, NUM, 0, 1e6, null=True)
+    depformer_multi_linear: bool = setting(True, BOOL, absent=False)
+    depformer_context: int | None = setting(8, INT, 1, 1 << 24, null=True, absent=None)
+    depformer_max_period: float | None = setting(10000.0, NUM, 1e-6, 1e12, null=True, absent=None)
+    depformer_gating: str | None = setting("silu", STR, choices=GATINGS, null=True, absent=None)
+    depformer_pos_emb: str = setting("none", STR, choices=POSITIONAL_EMBEDDINGS, absent="sin")
+    depformer_weights_per_step: bool = setting(True, BOOL, absent=False)
+    depformer_weights_per_step_schedule: list[int] | None = setting(None, LIST, null=True, optional=True)
+    depformer_low_rank_embeddings: int | None = setting(None, INT, 1, 65536, null=True, optional=True)
+    demux_second_stream: bool = setting(False, BOOL, optional=True)
+    delays: list[int] = setting([0] + [0] + [1] * 7 + [0] + [1] * 7, LIST, 0, MAX_DELAY, unit="steps",
+                                required=True)
+    conditioners: dict | None = setting(None, OBJECT, null=True, optional=True)
+    cross_attention: bool = setting(False, BOOL, optional=True)
 
     def __post_init__(self) -> None:
         self._check()
@@ -140,8 +82,9 @@ class LmConfig:
         settings this port does not implement raise a one-line `MoshiError` rather than being ignored.
         """
         if not isinstance(d, dict):
-            raise MoshiError(f"invalid model config: it holds {_describe(d)}, not a JSON object of Kyutai's keys")
-        missing = [k for k in REQUIRED_KEYS if k not in d]
+            raise MoshiError(f"invalid model config: it holds {describe(d)}, not a JSON object of Kyutai's keys")
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.metadata.get("required") and f.name not in d]
         if missing:
             raise MoshiError(f"invalid model config: it lacks {', '.join(missing)}")
         unsupported = [f"{key} {d[key]!r}" for key in d if _is_unsupported(key, d[key])]
@@ -151,15 +94,12 @@ class LmConfig:
             unsupported.append(f"depformer_dim_feedforward {d['depformer_dim_feedforward']!r}")
         if unsupported:
             raise MoshiError(f"invalid model config: unsupported {'; '.join(unsupported)}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {
-            **PYTORCH_DEFAULTS,
-            "depformer_num_layers": d["num_layers"],
-            "demux_second_stream": d.get("demux_second_text_stream", False),
-        }
-        values.update({k: v for k, v in d.items() if k in names})
+        values: dict[str, Any] = {f.name: f.metadata["absent"] for f in fields if "absent" in f.metadata}
+        values["depformer_num_layers"] = d["num_layers"]
+        values["demux_second_stream"] = d.get("demux_second_text_stream", False)
+        values.update(cls.known(d))
         if "depformer_layer_scale" not in d:
-            values["depformer_layer_scale"] = values["layer_scale"]
+            values["depformer_layer_scale"] = values.get("layer_scale")
         try:
             return cls(**values)
         except TypeError as e:
@@ -185,28 +125,26 @@ class LmConfig:
     def to_dict(self) -> dict[str, Any]:
         """Kyutai's schema; optional keys at their "off" value are left out, as in Kyutai's own configs."""
         d = dataclasses.asdict(self)
-        for key in OPTIONAL_KEYS:
-            if not d[key]:
-                del d[key]
+        for f in dataclasses.fields(self):
+            if f.metadata.get("optional") and not d[f.name]:
+                del d[f.name]
         return d
 
     def _check(self) -> None:
-        _check_schema(self)
+        # Types and ranges first: the consistency checks and the model's code rely on them.
+        problems = field_problems(self)
+        if not problems:
+            problems = self._inconsistencies()
+        if problems:
+            raise MoshiError("invalid model config: " + "; ".join(problems))
+
+    def _inconsistencies(self) -> list[str]:
+        """What the fields, each valid on its own, get wrong together (or ask of this port that it cannot do)."""
         problems = []
         if len(self.delays) != self.n_q + 1:
             problems.append(f"{len(self.delays)} delays for {self.n_q + 1} streams")
         if self.dep_q > self.n_q:
             problems.append(f"dep_q {self.dep_q} > n_q {self.n_q}")
-        for key in ("norm",):
-            if getattr(self, key) not in NORMS:
-                problems.append(f"unknown {key} {getattr(self, key)!r}")
-        for key in ("gating", "depformer_gating"):
-            value = getattr(self, key)
-            if value is not None and value not in GATINGS:
-                problems.append(f"unsupported {key} {value!r}")
-        for key in ("positional_embedding", "depformer_pos_emb"):
-            if getattr(self, key) not in POSITIONAL_EMBEDDINGS:
-                problems.append(f"unsupported {key} {getattr(self, key)!r}")
         for prefix, dim, heads in (("", self.dim, self.num_heads), ("depformer_", self.depformer_dim,
                                                                      self.depformer_num_heads)):
             if dim % heads:
@@ -221,7 +159,7 @@ class LmConfig:
             if getattr(self, key) >= self.text_card:
                 problems.append(f"{key} {getattr(self, key)} is not below text_card {self.text_card}")
         schedule = self.depformer_weights_per_step_schedule
-        if schedule is not None and any(_not_int(j) or j < 0 or j >= max(self.dep_q, 1) for j in schedule):
+        if schedule is not None and any(not is_int(j) or j < 0 or j >= max(self.dep_q, 1) for j in schedule):
             problems.append(f"depformer_weights_per_step_schedule {schedule!r}: expected whole numbers from 0 "
                             f"to dep_q - 1 ({self.dep_q - 1})")
         elif schedule is not None and len(schedule) != self.dep_q:
@@ -236,8 +174,7 @@ class LmConfig:
             problems.append("demux_second_stream (two text streams) is not supported")
         if self.conditioners or self.cross_attention:
             problems.append("conditioned / cross-attention models are not supported")
-        if problems:
-            raise MoshiError("invalid model config: " + "; ".join(problems))
+        return problems
 
     # Derived values.
     @property
@@ -252,20 +189,19 @@ class LmConfig:
     @property
     def depformer_schedule(self) -> list[int]:
         """Weight set used at each depth step."""
-        if not self.depformer_weights_per_step:
-            return [0] * self.dep_q
-        if self.depformer_weights_per_step_schedule is not None:
-            return list(self.depformer_weights_per_step_schedule)
-        return list(range(self.dep_q))
+        return self._per_step(self.depformer_weights_per_step)
 
     @property
     def depformer_in_schedule(self) -> list[int]:
         """Index of the `depformer_in` projection used at each depth step."""
-        if not self.depformer_multi_linear:
+        return self._per_step(self.depformer_multi_linear)
+
+    def _per_step(self, per_step: bool) -> list[int]:
+        """One set for every depth step, or the schedule's (by default, one set per step)."""
+        if not per_step:
             return [0] * self.dep_q
-        if self.depformer_weights_per_step_schedule is not None:
-            return list(self.depformer_weights_per_step_schedule)
-        return list(range(self.dep_q))
+        schedule = self.depformer_weights_per_step_schedule
+        return list(range(self.dep_q)) if schedule is None else list(schedule)
 
     def main_transformer(self) -> TransformerConfig:
         return TransformerConfig(
@@ -282,19 +218,14 @@ class LmConfig:
         )
 
     def depth_transformer(self) -> TransformerConfig:
+        """The `depformer_*` settings; the norm, and the gating and max period when unset, are the main one's."""
         ff = self.depformer_dim_feedforward
-        if ff is None:
-            ff = int(self.hidden_scale * self.depformer_dim)
-        return TransformerConfig(
-            dim=self.depformer_dim,
-            num_heads=self.depformer_num_heads,
-            num_layers=self.depformer_num_layers,
-            dim_feedforward=ff,
-            gating=self.depformer_gating or self.gating,
-            norm=self.norm,
-            layer_scale=self.depformer_layer_scale,
-            positional_embedding=self.depformer_pos_emb,
-            max_period=self.depformer_max_period or self.max_period,
+        return dataclasses.replace(
+            self.main_transformer(),
+            dim=self.depformer_dim, num_heads=self.depformer_num_heads, num_layers=self.depformer_num_layers,
+            dim_feedforward=int(self.hidden_scale * self.depformer_dim) if ff is None else ff,
+            gating=self.depformer_gating or self.gating, layer_scale=self.depformer_layer_scale,
+            positional_embedding=self.depformer_pos_emb, max_period=self.depformer_max_period or self.max_period,
             context=None,
         )
 
@@ -327,58 +258,3 @@ class TransformerConfig:
 def _is_unsupported(key: str, value: Any) -> bool:
     option = key if key in UNSUPPORTED else key.removeprefix("depformer_")
     return option in UNSUPPORTED and value != UNSUPPORTED[option]
-
-
-def _describe(value: Any) -> str:
-    return "null" if value is None else f"a {type(value).__name__} ({value!r})" if not isinstance(value, str) \
-        else f"a string ({value!r})"
-
-
-def _not_int(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
-
-
-def _check_value(key: str, value: Any, kind: str, lo: float | None, hi: float | None, nullable: bool) -> str | None:
-    """None when `value` fits; else what is wrong, naming the key, the value and what is expected."""
-    if lo is None:
-        expected = kind if kind == _BOOL else f"a {kind}"
-    else:
-        expected = f"a {kind} from {lo:g} to {hi:g}" if kind == _NUM else f"a {kind} from {lo} to {hi}"
-    expected += " or null" if nullable else ""
-    if value is None:
-        return None if nullable else f"{key} is null: expected {expected}"
-    if kind == _BOOL:
-        ok = isinstance(value, bool)
-    elif kind == _STR:
-        ok = isinstance(value, str)
-    elif kind == _INT:
-        ok = not _not_int(value)
-    else:
-        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if ok and lo is not None:
-        ok = lo <= value <= hi
-    return None if ok else f"{key} {value!r}: expected {expected}"
-
-
-def _check_schema(cfg: LmConfig) -> None:
-    """Types and ranges first: the consistency checks and the model's code rely on them."""
-    problems = [p for key, rule in SCHEMA.items()
-                if key not in CHOICES and (p := _check_value(key, getattr(cfg, key), *rule))]
-    for key, choices in CHOICES.items():
-        value = getattr(cfg, key)
-        if not (value is None and SCHEMA[key][3]) and not (isinstance(value, str) and value in choices):
-            shown = "is null" if value is None else repr(value)
-            problems.append(f"{key} {shown}: expected one of {', '.join(choices)}")
-    for key in ("delays", "depformer_weights_per_step_schedule"):
-        value = getattr(cfg, key)
-        if not (value is None and key != "delays") and not isinstance(value, list):
-            problems.append(f"{key} {value!r}: expected a list of whole numbers")
-    if isinstance(cfg.delays, list):
-        bad = [d for d in cfg.delays if _not_int(d) or not 0 <= d <= MAX_DELAY]
-        if bad:
-            problems.append(f"delays {cfg.delays!r}: expected whole numbers from 0 to {MAX_DELAY} (steps), "
-                            f"not {bad[0]!r}")
-    if cfg.conditioners is not None and not isinstance(cfg.conditioners, dict):
-        problems.append(f"conditioners {cfg.conditioners!r}: expected an object or null")
-    if problems:
-        raise MoshiError("invalid model config: " + "; ".join(problems))

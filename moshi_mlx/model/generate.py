@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,8 +77,6 @@ class LmGen:
         self.num_user = cfg.n_q - cfg.dep_q
         self._compile = compile
         self._segments = self._make_segments(compile)
-        self._profile_parts: list[Callable[..., Any]] | None = None
-        self._timings: list[float] | None = None
         self.reset()
 
     def _make_segments(self, compile: bool) -> list[Callable[..., Any]]:
@@ -160,8 +157,12 @@ class LmGen:
     def _last_segment(self, x: mx.array, attention: mx.array) -> mx.array:
         return self._depth_segment(*self._text_segment(x, attention))
 
-    def _generate(self, tokens: list[int]) -> mx.array:
+    def _generate(self, tokens: list[int | mx.array]) -> mx.array:
         """Moshi's text token and audio codes `[1 + dep_q]` sampled at this step (not evaluated)."""
+        return self._segments[-1](*self._through_layers(tokens))
+
+    def _through_layers(self, tokens: list[int | mx.array]) -> tuple[mx.array, mx.array]:
+        """The temporal transformer up to the last layer's attention: its input and the attention's output."""
         rows = self.lm.embedding_rows(tokens)
         if not rows:  # every stream fed the zero token
             rows = [mx.zeros_like(self.lm.embedding_rows([0])[0])]
@@ -172,22 +173,7 @@ class LmGen:
             attention = layer.self_attn.attend(q, k, v, cache)
             if i + 1 < len(layers):
                 x, q, k, v = self._segments[i + 1](x, attention, offset)
-        if self._timings is None:
-            return self._segments[-1](x, attention)
-        # Profiling: a sync once the text token is sampled splits the temporal from the depth transformer.
-        if self._profile_parts is None:
-            parts = [self._text_segment, self._depth_segment]
-            if self._compile:
-                state = [self.lm.state, mx.random.state]
-                parts = [partial(mx.compile, inputs=state, outputs=[mx.random.state])(f) for f in parts]
-            self._profile_parts = parts
-        hidden, text = self._profile_parts[0](x, attention)
-        mx.eval(hidden, text, mx.random.state)
-        split = time.perf_counter()
-        generated = self._profile_parts[1](hidden, text)
-        mx.eval(generated, mx.random.state)
-        self._timings += [split, time.perf_counter()]
-        return generated
+        return x, attention
 
     def _run_depth(
         self, hidden: mx.array, text: mx.array, forced: np.ndarray | None = None, masked: bool = True
@@ -211,34 +197,16 @@ class LmGen:
             all_logits.append(logits)
         return mx.concatenate(tokens), mx.stack(all_logits)
 
-    def profile_step(self, user_codes: Any) -> tuple[StepOutput, float, float]:
-        """`step`, timed in two parts: (output, temporal ms, depth ms).
+    def step(self, user_codes: Any) -> StepOutput:
+        """Run one 80 ms frame; `user_codes` are the user's `n_q - dep_q` Mimi codes of this frame."""
+        return self.collect(self.submit(user_codes))
 
-        For measurement only: a host sync once the text token is sampled ends the temporal part (embeddings,
-        temporal transformer, text logits and sampling); the depth transformer's eight steps follow.
+    def step_forced(self, user_codes: Any, text: int | None = None, audio: Any = None) -> StepOutput:
+        """`step` through the uncompiled model, with the logits: teacher forcing, and the reference for checks.
+
+        `text` / `audio` (Moshi's `dep_q` codes of this step) replace the sampled tokens; left out, they are
+        sampled as `step` samples them. The output also holds the logits they were (or would have been) drawn from.
         """
-        self._timings = []
-        try:
-            out = self.step(user_codes)
-            start, split, end = self._timings
-        finally:
-            self._timings = None
-        return out, (split - start) * 1000, (end - split) * 1000
-
-    def step(
-        self,
-        user_codes: Any,
-        force_text: int | None = None,
-        force_audio: Any = None,
-        return_logits: bool = False,
-    ) -> StepOutput:
-        """Run one 80 ms frame; `user_codes` are the user's `n_q - dep_q` Mimi codes of this frame.
-
-        `force_text` / `force_audio` replace the sampled tokens (teacher forcing); `return_logits` also returns
-        the logits they were sampled from.
-        """
-        if force_text is None and force_audio is None and not return_logits:
-            return self.collect(self.submit(user_codes))
         if self._collected != self.step_index:
             raise RuntimeError("collect the submitted steps before a forced step")
         tokens = self._take_user(user_codes)
@@ -247,19 +215,15 @@ class LmGen:
         ]).reshape(1, -1, 1)
         hidden, text_logits = self.lm.temporal(inputs, self.cache)
         text_logits = text_logits[:, -1].astype(mx.float32)
-        if force_text is None:
-            text = self.sample_text(text_logits)
-        else:
-            text = mx.array([int(force_text)], dtype=mx.int32)
-        text = text.astype(mx.int32).reshape(1)
-        forced = None if force_audio is None else np.asarray(force_audio).reshape(-1).astype(np.int32)
-        audio, audio_logits = self._run_depth(hidden, text, forced)
-        generated = mx.concatenate([text, audio])
-        extra = [text_logits[0], audio_logits[:, 0]] if return_logits else []
-        mx.async_eval(generated, *extra, mx.random.state)
-        out = self._collect(self._submitted(generated), extra)
-        if extra:
-            out.text_logits, out.audio_logits = np.array(extra[0]), np.array(extra[1])
+        sampled = self.sample_text(text_logits) if text is None else mx.array([int(text)], dtype=mx.int32)
+        sampled = sampled.astype(mx.int32).reshape(1)
+        forced = None if audio is None else np.asarray(audio).reshape(-1).astype(np.int32)
+        codes, audio_logits = self._run_depth(hidden, sampled, forced)
+        generated = mx.concatenate([sampled, codes])
+        logits = [text_logits[0], audio_logits[:, 0]]
+        mx.async_eval(generated, *logits, mx.random.state)
+        out = self._collect(self._submitted(generated), logits)
+        out.text_logits, out.audio_logits = np.array(logits[0]), np.array(logits[1])
         return out
 
     def submit(self, user_codes: Any) -> PendingStep:
@@ -269,8 +233,6 @@ class LmGen:
         computes. Steps are collected in the order they were submitted.
         """
         tokens = self._take_user(user_codes)
-        if self._timings is not None:
-            self._timings.append(time.perf_counter())
         generated = self._generate(tokens)
         # The random state goes with the tokens, so that no work is left pending behind them (MLX's GPU streams
         # belong to the thread that made them: submit and collect on the same thread).
