@@ -14,10 +14,11 @@ import time
 
 import numpy as np
 
+from moshi_mlx import FRAME_SIZE, SAMPLE_RATE
 from moshi_mlx.stream.echo.canceller import EchoCanceller, EchoSettings
 from moshi_mlx.stream.echo.simulator import convolve, room_response, speech_like
 
-SR, FRAME = 24000, 1920
+SR, FRAME = SAMPLE_RATE, FRAME_SIZE
 
 
 def level_db(x: np.ndarray) -> float:

@@ -6,22 +6,25 @@
 Without model files it builds a random full-size Mimi and a random LM (the 7B's structure; `tiny` or `small`
 dimensions). Offline, frames run back to back: median and p90 ms per stage, and the real-time factor. With
 --live, the engine runs on the default sound devices for that long and prints the callback cadence, Moshi's
-first-output latency in frames, and the lag policy's counters; --virtual starts the tests' private PulseAudio
-server (Linux) and plays speech into its microphone.
+first-output latency in frames, and the lag policy's counters; --virtual starts a private PulseAudio server
+(`moshi_mlx.devtools.virtual_audio`, Linux) and plays speech into its microphone.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from moshi_mlx.model.config import LmConfig
-from moshi_mlx.stream.pipeline import FrameEvent, Pipeline
+from moshi_mlx import FRAME_SIZE, SAMPLE_RATE, Engine, FrameEvent, LmConfig, Pipeline, run_frames
+from moshi_mlx.codec import FRAME_MS, FRAME_S
+from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
+from moshi_mlx.devtools.random_mimi import write_random_mimi
+from moshi_mlx.devtools.virtual_audio import VirtualAudio, reinitialise_portaudio, speech_wav
 
 SIZES = {
     "tiny": dict(card=2048),
@@ -31,15 +34,12 @@ SIZES = {
 
 
 def random_model(directory: Path, size: str) -> tuple[Path, Path, Path]:
-    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
-    from moshi_mlx.devtools.random_mimi import write_random_mimi
-
     weights, config = write_random_lm(directory, tiny_config(**SIZES[size]), seed=0)
     return weights, config, write_random_mimi(directory / "mimi.safetensors")
 
 
 def test_audio(frames: int) -> np.ndarray:
-    t = np.arange(frames * 1920) / 24000
+    t = np.arange(frames * FRAME_SIZE) / SAMPLE_RATE
     voiced = np.sin(2 * np.pi * (140 + 40 * np.sin(2 * np.pi * 0.5 * t)) * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
     return (0.3 * voiced + 0.01 * np.random.default_rng(0).standard_normal(t.shape)).astype(np.float32)
 
@@ -53,13 +53,11 @@ def print_stages(events: list[FrameEvent]) -> None:
     print("  " + summary("encode", [e.encode_ms for e in events]))
     print("  " + summary("lm    ", [e.lm_ms for e in events]))
     print("  " + summary("decode", [e.decode_ms for e in speaking]))
-    print("  " + summary("total ", [e.total_ms for e in speaking]) + "  (budget 80 ms)")
+    print("  " + summary("total ", [e.total_ms for e in speaking]) + f"  (budget {FRAME_MS:.0f} ms)")
 
 
 def offline(pipeline: Pipeline, frames: int) -> None:
     """The file loop, stages one after the other and then overlapped, alternately (the machine is noisy)."""
-    from moshi_mlx.stream.filemode import run_frames
-
     pipeline.warmup()
     audio = test_audio(frames)
     rtf: dict[bool, list[float]] = {False: [], True: []}
@@ -68,27 +66,20 @@ def offline(pipeline: Pipeline, frames: int) -> None:
         for overlap in (False, True):
             start = time.perf_counter()
             result = run_frames(pipeline, audio, overlap=overlap)
-            rtf[overlap].append((time.perf_counter() - start) / (frames * 0.08))
+            rtf[overlap].append((time.perf_counter() - start) / (frames * FRAME_S))
             events[overlap] = result.events
     slowest = {o: np.median([max(e.encode_ms, e.lm_ms, e.decode_ms) for e in events[o][1:]]) for o in rtf}
     for overlap, name in ((False, "one after the other"), (True, "pipelined")):
         print(f"offline, {frames} frames back to back, {name}: real-time factor {min(rtf[overlap]):.2f} "
-              f"(frame {min(rtf[overlap]) * 80:.1f} ms; slowest stage {slowest[overlap]:.1f} ms)")
+              f"(frame {min(rtf[overlap]) * FRAME_MS:.1f} ms; slowest stage {slowest[overlap]:.1f} ms)")
         print_stages(events[overlap])
     print(f"pipelined / one after the other: {min(rtf[True]) / min(rtf[False]):.2f}; pipelined frame / its slowest "
-          f"stage: {min(rtf[True]) * 80 / slowest[True]:.2f}")
+          f"stage: {min(rtf[True]) * FRAME_MS / slowest[True]:.2f}")
 
 
 def live(pipeline: Pipeline, seconds: float, virtual: bool) -> None:
-    from moshi_mlx.stream.engine import Engine
-
     server = None
     if virtual:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        import os
-
-        from audio_server import VirtualAudio, reinitialise_portaudio, speech_wav
-
         server = VirtualAudio().start()
         os.environ["PULSE_SERVER"] = server.env["PULSE_SERVER"]
         reinitialise_portaudio()

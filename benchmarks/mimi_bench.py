@@ -20,7 +20,8 @@ import mlx.core as mx
 import numpy as np
 from safetensors.numpy import load_file
 
-from moshi_mlx.codec import FRAME_SIZE, load_codec, rustymimi_installed
+from moshi_mlx import FRAME_SIZE, load_codec
+from moshi_mlx.codec import FRAME_MS, rustymimi_installed
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mimi_pytorch.safetensors"
 BACKENDS = ("mlx-float32", "mlx-bfloat16", "mlx-float16", "rust")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     frames = min(args.frames, golden["codes"].shape[1])
     audio, codes = golden["input"][: frames * FRAME_SIZE], golden["codes"][:, :frames]
     reference = golden["decoded"][: frames * FRAME_SIZE] if args.mimi_weights is None else None
-    print(f"MLX device {mx.default_device()}; {frames} frames; ms per 80 ms frame, median (p90)")
+    print(f"MLX device {mx.default_device()}; {frames} frames; ms per {FRAME_MS:.0f} ms frame, median (p90)")
     print(f"{'backend':14} {'encode':>15} {'decode':>15} {'codes = PyTorch':>16} {'decode error':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.mimi_weights

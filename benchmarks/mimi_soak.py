@@ -18,7 +18,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from moshi_mlx.codec import FRAME_SIZE, load_codec
+from moshi_mlx import FRAME_SIZE, SAMPLE_RATE, load_codec
+from moshi_mlx.codec import FRAME_S
 from moshi_mlx.devtools.process_memory import current_rss_bytes
 
 
@@ -28,7 +29,7 @@ def rss_mb() -> float:
 
 def audio(index: int) -> np.ndarray:
     """Frame `index` of an endless voiced glide with noise, continuous across frames."""
-    t = (index * FRAME_SIZE + np.arange(FRAME_SIZE)) / 24000
+    t = (index * FRAME_SIZE + np.arange(FRAME_SIZE)) / SAMPLE_RATE
     voiced = np.sin(2 * np.pi * (140 * t + 6 * np.sin(2 * np.pi * 0.5 * t))) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
     noise = np.random.default_rng(index).standard_normal(FRAME_SIZE)
     return (0.3 * voiced + 0.01 * noise).astype(np.float32)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 
             weights = write_random_mimi(Path(tmp) / "mimi.safetensors")
         codec = load_codec(weights, backend=args.backend)
-    minutes = args.frames * FRAME_SIZE / 24000 / 60
+    minutes = args.frames * FRAME_S / 60
     print(f"{args.backend} Mimi, {args.frames} frames ({minutes:.1f} min of audio), device {mx.default_device()}")
     print(f"{'frames':>12} {'encode ms':>10} {'decode ms':>10} {'RSS MB':>8} {'MLX MB':>8}", flush=True)
     enc, dec = [], []

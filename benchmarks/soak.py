@@ -4,9 +4,9 @@
 
 Tiny random LM, full-size random Mimi (rustymimi, renewed as in a real conversation). The file path plays N
 minutes of speech through `run_frames` (pipelined, nothing kept per frame); the live path runs the engine N
-minutes on the tests' private PulseAudio server (Linux) with speech looping into its microphone. Both report the
-resident memory after the warm-up (the first minute) and at the end, its peak, the per-frame time in the first and
-the last minute, Mimi's renewals and the frames dropped to keep up.
+minutes on a private PulseAudio server (`moshi_mlx.devtools.virtual_audio`, Linux) with speech looping into its
+microphone. Both report the resident memory after the warm-up (the first minute) and at the end, its peak, the
+per-frame time in the first and the last minute, Mimi's renewals and the frames dropped to keep up.
 """
 
 from __future__ import annotations
@@ -14,20 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import soundfile
 
+from moshi_mlx import SAMPLE_RATE, Engine, LmConfig, Pipeline, run_frames
 from moshi_mlx.devtools.process_memory import current_rss_bytes
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-FRAME_S = 0.08
+from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
+from moshi_mlx.devtools.random_mimi import write_random_mimi
+from moshi_mlx.devtools.tiny_tokenizer import write_tiny_tokenizer
+from moshi_mlx.devtools.virtual_audio import VirtualAudio, reinitialise_portaudio, speech_wav
+from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
 
 def rss_mb() -> float:
@@ -112,14 +115,7 @@ class Probe:
         return result
 
 
-def load(model_dir: Path):
-    from conftest import write_tiny_tokenizer
-
-    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
-    from moshi_mlx.devtools.random_mimi import write_random_mimi
-    from moshi_mlx.model.config import LmConfig
-    from moshi_mlx.stream.pipeline import Pipeline
-
+def load(model_dir: Path) -> Pipeline:
     weights, config = write_random_lm(model_dir, tiny_config(card=2048), seed=0)
     mimi = model_dir / "mimi.safetensors"
     if not mimi.exists():
@@ -129,21 +125,14 @@ def load(model_dir: Path):
 
 
 def speech(directory: Path) -> Path:
-    from audio_server import speech_wav
-
     return speech_wav(directory / "speech.wav", "Hello Moshi. Can you hear me? Tell me about the weather today, "
                       "and what I should wear for a long walk by the river. " * 4)
 
 
 def soak_file(minutes: float, directory: Path) -> dict:
-    import soundfile
-
-    from moshi_mlx.stream.filemode import run_frames
-    from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
-
     pipeline = load(directory)
     voice, _ = soundfile.read(str(speech(directory)), dtype="float32")
-    samples = int(minutes * 60 * 24000)
+    samples = int(minutes * 60 * SAMPLE_RATE)
     audio = np.tile(voice, samples // len(voice) + 1)[:samples]
     probe = Probe()
     recorder = WavRecorder(directory / "out.wav", stereo=True)
@@ -158,13 +147,6 @@ def soak_file(minutes: float, directory: Path) -> dict:
 
 
 def soak_live(minutes: float, directory: Path) -> dict:
-    import os
-
-    from audio_server import VirtualAudio, reinitialise_portaudio
-
-    from moshi_mlx.stream.engine import Engine
-    from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
-
     server = VirtualAudio().start()
     os.environ.update(PULSE_SERVER=server.env["PULSE_SERVER"], XDG_RUNTIME_DIR=server.env["XDG_RUNTIME_DIR"])
     reinitialise_portaudio()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import frames_of
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -28,10 +29,6 @@ def golden():
     with safe_open(str(GOLDEN), "np") as f:
         metadata = f.metadata()
     return load_file(str(GOLDEN)), metadata
-
-
-def frames_of(x: np.ndarray) -> list[np.ndarray]:
-    return [x[i : i + FRAME_SIZE] for i in range(0, len(x) - FRAME_SIZE + 1, FRAME_SIZE)]
 
 
 def test_random_checkpoint_has_kyutais_layout():

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
+from helpers import level_db
 from moshi_mlx.app import cli
 
-from moshi_mlx.stream.echo import canceller as echo_module
-from moshi_mlx.stream.echo.canceller import EchoCanceller, EchoSettings, gcc_phat_lag, make_echo_canceller
+from moshi_mlx import FRAME_SIZE, SAMPLE_RATE
+from moshi_mlx.stream.echo import aec3
+from moshi_mlx.stream.echo.canceller import CleanedMicrophone, EchoCanceller, EchoSettings, make_echo_canceller
+from moshi_mlx.stream.echo.lead import Ring, gcc_phat_lag
 from moshi_mlx.stream.echo.simulator import convolve, echo_removed_db, parse_echo_spec, room_response, speech_like
 
-SR, FRAME = 24000, 1920
-
-
-def level_db(x: np.ndarray) -> float:
-    return 10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20)
+SR, FRAME = SAMPLE_RATE, FRAME_SIZE
+LEAD_LOG = "moshi_mlx.stream.echo.lead"  # the lead estimator's log lines (hold-back, echo path)
 
 
 def windows_db(a: np.ndarray, b: np.ndarray, window_s: float, start_s: float = 0.0, stop_s: float | None = None,
@@ -99,7 +99,7 @@ def test_a_lead_beyond_range_is_held_back(moshi_voice, caplog):
     echo = convolve(moshi_voice, room_response(delay_ms=700))
     mic = echo + room_noise(10)
     canceller = EchoCanceller()
-    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.canceller"):
+    with caplog.at_level(logging.INFO, logger=LEAD_LOG):
         out = cancel(mic, moshi_voice, canceller)
     assert canceller.xcorr_lead_ms == pytest.approx(700, abs=10)
     assert canceller.hold_ms == pytest.approx(700 - canceller.settings.target_lead_ms, abs=15)
@@ -117,7 +117,7 @@ def test_lead_from_stream_time_info_before_moshi_speaks(caplog):
     """Time info alone (the speaker plays each block 600 ms after the microphone's frame is captured)."""
     canceller = EchoCanceller()
     silence = np.zeros(FRAME, np.float32)
-    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.canceller"):
+    with caplog.at_level(logging.INFO, logger=LEAD_LOG):
         for t in range(12):
             canceller.add_reference(silence, dac_time=t * 0.08 + 0.6)
             canceller.clean(silence, adc_time=t * 0.08)
@@ -158,7 +158,7 @@ def test_unloadable_canceller_is_one_warning(monkeypatch):
     def broken(high_pass):
         raise ImportError("No module named 'livekit'")
 
-    monkeypatch.setattr(echo_module, "_new_apm", broken)
+    monkeypatch.setattr(aec3, "_new_apm", broken)
     lines = []
     assert make_echo_canceller(True, warn=lines.append) is None
     assert len(lines) == 1 and lines[0].startswith("warning: echo cancellation off") and "\n" not in lines[0]
@@ -208,7 +208,7 @@ def test_run_simulate_echo_end_to_end(tmp_path, tiny_model, capsys):
 
 def test_ring_keeps_the_last_samples_by_index():
     for chunks in ([700, 1800], [300, 300, 300, 300, 1], [999, 2, 1500]):
-        ring, data = echo_module._Ring(1000), np.arange(sum(chunks), dtype=np.float32)
+        ring, data = Ring(1000), np.arange(sum(chunks), dtype=np.float32)
         start = 0
         for c in chunks:
             ring.append(data[start : start + c])
@@ -221,8 +221,6 @@ def test_ring_keeps_the_last_samples_by_index():
 
 def test_cleaned_microphone_from_48k_stereo_blocks(moshi_voice):
     """Device blocks of 1024 frames at 48 kHz in, cleaned 24 kHz frames out; the reference at 24 kHz."""
-    from moshi_mlx.stream.echo.canceller import CleanedMicrophone
-
     echo = convolve(moshi_voice, room_response(delay_ms=60))
     mic48 = soxr.resample(echo, SR, 48000).astype(np.float32)
     canceller = EchoCanceller()

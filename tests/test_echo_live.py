@@ -16,17 +16,15 @@ import time
 import numpy as np
 import pytest
 import soundfile
+from helpers import level_db
 
+from moshi_mlx import FRAME_SIZE, SAMPLE_RATE
 from moshi_mlx.stream.echo.canceller import EchoCanceller
 from moshi_mlx.stream.echo.simulator import speech_like
 
 pytestmark = pytest.mark.audio
 
-SR, FRAME = 24000, 1920
-
-
-def level_db(x: np.ndarray) -> float:
-    return 10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20)
+SR, FRAME = SAMPLE_RATE, FRAME_SIZE
 
 
 def medians(a: np.ndarray, b: np.ndarray, where: np.ndarray, window_s: float, start_s: float) -> float:
@@ -128,7 +126,7 @@ def user_player(virtual_audio, tmp_path, voice: np.ndarray):
 def test_echo_removed_live(virtual_audio, echo_path, caplog):
     echo_path()
     loop = EchoLoop(speech_like(8, seed=1))
-    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.canceller"):
+    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.lead"):
         mic, cleaned = loop.run(8)
     assert level_db(mic[SR:]) > -45  # the echo reaches the microphone
     assert medians(mic, cleaned, mic, 0.5, 1.0) >= 30
@@ -159,7 +157,7 @@ def test_headphones_live(virtual_audio, tmp_path):
 def test_lead_beyond_range_live(virtual_audio, echo_path, caplog):
     echo_path(extra_ms=600)
     loop = EchoLoop(speech_like(10, seed=1))
-    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.canceller"):
+    with caplog.at_level(logging.INFO, logger="moshi_mlx.stream.echo.lead"):
         mic, cleaned = loop.run(10)
     assert loop.canceller.hold_ms > 300 and 0 < loop.canceller.lead_ms < 450
     assert any("held back" in r.getMessage() for r in caplog.records)

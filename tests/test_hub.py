@@ -2,12 +2,11 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 
 import pytest
+from helpers import RefusingHub
 
 from moshi_mlx import MoshiError
 from moshi_mlx.devtools.random_lm import tiny_config
@@ -59,25 +58,6 @@ def test_cached_kyutai_repo_resolves_offline(tmp_path):
     assert got["mimi"] == str(snapshot / "tokenizer-e351c8d8-checkpoint125.safetensors")
     assert got["tokenizer"] == str(snapshot / "tokenizer_spm_32k_3.model")
     assert got["dim"] == 4096 and got["repo"] == "kyutai/moshika-mlx-q8"
-
-
-class RefusingHub:
-    """A local stand-in for huggingface.co that counts connections and drops them, as a network that is down."""
-
-    def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            connection.close()
 
 
 def test_cached_files_need_no_network(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers import frames_of
 from mlx.utils import tree_flatten
 from safetensors.numpy import load_file
 
@@ -14,6 +15,7 @@ from moshi_mlx import MoshiError, codec
 from moshi_mlx.codec import FRAME_SIZE, choose_backend, load_codec
 from moshi_mlx.codec.mimi_transformer import rope, rope_frequencies
 from moshi_mlx.codec.mlx_backend import MlxMimi
+from moshi_mlx.stream.echo.simulator import speech_like
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -21,10 +23,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="module")
 def mlx_codec(mimi_weights) -> MlxMimi:
     return load_codec(mimi_weights, backend="mlx")
-
-
-def frames_of(x: np.ndarray) -> list[np.ndarray]:
-    return [x[i : i + FRAME_SIZE] for i in range(0, len(x) - FRAME_SIZE + 1, FRAME_SIZE)]
 
 
 def relative_error(x: np.ndarray, reference: np.ndarray) -> float:
@@ -159,12 +157,6 @@ def test_backend_choice(monkeypatch):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="unknown codec backend"):
         choose_backend("torch")
-
-
-def speech_like(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * 24000)) / 24000
-    voiced = sum(np.sin(2 * np.pi * k * (130 + 40 * np.sin(2 * np.pi * 0.8 * t)) * t) / k for k in range(1, 5))
-    return (0.2 * voiced * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
 
 
 def test_file_run_gives_rustymimis_transcript(tiny_model, tmp_path):

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,11 +20,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import soundfile
+from helpers import RefusingHub
 from moshi_mlx.app import checks, cli
 from moshi_mlx.app.parser import Parser
 
 from moshi_mlx import LmConfig, MoshiError, load_lm
 from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
+from moshi_mlx.devtools.tiny_tokenizer import write_tiny_tokenizer
 
 MEMORY = "MOSHI_MLX_TOTAL_MEMORY_GB"
 FRAME = 1920
@@ -289,8 +290,6 @@ def _bad_weights(tiny_model, tmp: Path, how: str) -> Path:
 
 
 def _small_tokenizer(tmp: Path, size: int) -> Path:
-    from conftest import write_tiny_tokenizer
-
     return write_tiny_tokenizer(tmp / f"tok{size}.model", vocab_size=size)
 
 
@@ -661,28 +660,6 @@ class BlackHole:
         self.server.close()
 
 
-class Refusing:
-    """A hub whose connections are dropped at once (no route, refused); counts the connections."""
-
-    def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            connection.close()
-
-    def close(self):
-        self.server.close()
-
-
 NETWORK_COMMANDS = {
     "run": lambda t: ["run", write_wav(t / "in.wav"), "--out", t / "o.wav", "-q", "4"],
     "download": lambda t: ["download", "-q", "4"],
@@ -696,7 +673,7 @@ NETWORK_COMMANDS = {
 def test_no_network_is_found_once_and_quickly(command, network, tmp_path):
     """Nothing cached, network down: one line within seconds (huggingface_hub alone retries for ~50 s per file,
     and forever on a network that drops packets), after at most one connection to the hub."""
-    hub = Refusing() if network == "refusing" else BlackHole()
+    hub = RefusingHub() if network == "refusing" else BlackHole()
     env = {**os.environ, MEMORY: "64", "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url}
     for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE"):
         env.pop(key, None)
@@ -711,5 +688,5 @@ def test_no_network_is_found_once_and_quickly(command, network, tmp_path):
     assert result.returncode == 1 and err.startswith("error: ") and "\n" not in err, err
     assert f"{hub.url} cannot be reached" in err, err
     assert elapsed < 15, elapsed
-    if isinstance(hub, Refusing):
+    if isinstance(hub, RefusingHub):
         assert hub.connections <= 1

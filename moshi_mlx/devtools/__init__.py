@@ -1,1 +1,2 @@
-"""Development aids: random-weight checkpoints in Kyutai's formats, operation counting, resident memory."""
+"""Development aids: random-weight checkpoints in Kyutai's formats, a tiny text tokenizer, operation counting,
+resident memory, a virtual sound card (Linux)."""

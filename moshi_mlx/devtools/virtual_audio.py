@@ -1,9 +1,9 @@
-"""A private PulseAudio server with a virtual microphone and speaker, for live-audio tests.
+"""A private PulseAudio server with a virtual microphone and speaker, for live-audio tests and benchmarks.
 
-Layout (see shared/reference/virtual-audio.md): sink `vmicsink` feeds the source `vmic` (the default input);
-sink `vspeaker` is the default output and its monitor is recorded. Two loopbacks into `vdiscard` keep the null
-sinks rendering small blocks, so streams get steady 80 ms callbacks from the start. PortAudio reaches the server
-through ALSA's pulse plugin, which needs `PULSE_SERVER` in the environment when PortAudio initialises.
+Layout: sink `vmicsink` feeds the source `vmic` (the default input); sink `vspeaker` is the default output and
+its monitor is recorded. Two loopbacks into `vdiscard` keep the null sinks rendering small blocks, so streams get
+steady 80 ms callbacks from the start. PortAudio reaches the server through ALSA's pulse plugin, which needs
+`PULSE_SERVER` in the environment when PortAudio initialises. Linux only: the Debian packages in PACKAGES.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-RATE = 24000
+from ..codec import SAMPLE_RATE
+
 PACKAGES = "libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sox espeak-ng"
 
 CONFIG = """\
@@ -34,7 +36,7 @@ set-default-source vmic
 
 
 class AudioServerError(RuntimeError):
-    pass
+    """The server cannot start: a tool is missing, or it exited or hung."""
 
 
 class VirtualAudio:
@@ -62,7 +64,7 @@ class VirtualAudio:
 
     def start(self, timeout: float = 20.0) -> VirtualAudio:
         config = self.dir / "va.pa"
-        config.write_text(CONFIG.format(socket=self.socket, rate=RATE))
+        config.write_text(CONFIG.format(socket=self.socket, rate=SAMPLE_RATE))
         self.process = subprocess.Popen(
             ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "-F", str(config),
              f"--log-target=file:{self.log}"],
@@ -105,10 +107,10 @@ class VirtualAudio:
         return subprocess.Popen(["paplay", "--device=vmicsink", str(wav)], env=self.env)
 
     @contextmanager
-    def record(self, wav: str | Path):
+    def record(self, wav: str | Path) -> Iterator[Path]:
         """Record the virtual speaker into a 24 kHz mono WAV while the block runs."""
         rec = subprocess.Popen(
-            ["parecord", "--device=vspeaker.monitor", f"--rate={RATE}", "--channels=1", "--format=s16le",
+            ["parecord", "--device=vspeaker.monitor", f"--rate={SAMPLE_RATE}", "--channels=1", "--format=s16le",
              "--latency-msec=20", str(wav)],
             env=self.env,
         )
@@ -137,7 +139,7 @@ def speech_wav(path: str | Path, text: str) -> Path:
     path = Path(path)
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(path)], check=True,
+    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path)], check=True,
                    capture_output=True)
     raw.unlink()
     return path
