@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from moshi_mlx import SAMPLE_RATE, Engine, LmConfig, Pipeline, run_frames
+from moshi_mlx import SAMPLE_RATE, Engine, Pipeline, run_frames
 from moshi_mlx.devtools.process_memory import current_rss_bytes
-from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
-from moshi_mlx.devtools.random_mimi import write_random_mimi
-from moshi_mlx.devtools.tiny_tokenizer import write_tiny_tokenizer
+from moshi_mlx.devtools.tiny_model import write_tiny_model
 from moshi_mlx.devtools.virtual_audio import VirtualAudio, reinitialise_portaudio, speech_wav
 from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
@@ -116,12 +114,7 @@ class Probe:
 
 
 def load(model_dir: Path) -> Pipeline:
-    weights, config = write_random_lm(model_dir, tiny_config(card=2048), seed=0)
-    mimi = model_dir / "mimi.safetensors"
-    if not mimi.exists():
-        write_random_mimi(mimi)
-    tokenizer = write_tiny_tokenizer(model_dir / "tokenizer.model")
-    return Pipeline.load(weights, mimi, tokenizer, LmConfig.from_json(config), seed=0)
+    return write_tiny_model(model_dir).load_pipeline(seed=0)
 
 
 def speech(directory: Path) -> Path:

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import TinyModel
 
-from moshi_mlx.devtools.tiny_tokenizer import write_tiny_tokenizer
+from moshi_mlx.devtools.tiny_model import TinyModel, write_tiny_model
 
 # --- Audio engine: random Mimi, a tiny Moshi, a tiny text tokenizer, a virtual sound card ---
 
@@ -23,13 +22,7 @@ def mimi_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, mimi_weights: Path) -> TinyModel:
-    from moshi_mlx.devtools.random_lm import tiny_config, write_random_lm
-
-    directory = tmp_path_factory.mktemp("tiny_model")
-    # Mimi's codes go up to 2047: the LM's audio tables must be that large.
-    weights, config = write_random_lm(directory, tiny_config(card=2048), seed=0)
-    tokenizer = write_tiny_tokenizer(directory / "tokenizer.model")
-    return TinyModel(weights, config, mimi_weights, tokenizer)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_model"), mimi_weights)
 
 
 @pytest.fixture(scope="session")

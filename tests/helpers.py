@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from moshi_mlx import FRAME_SIZE, LmConfig, Pipeline
-
-
-@dataclass(frozen=True)
-class TinyModel:
-    """Files of a complete tiny model: Moshi (random, 7B structure), Mimi (random, full size), a tokenizer."""
-
-    moshi_weights: Path
-    config: Path
-    mimi_weights: Path
-    tokenizer: Path
-
-    def cli_args(self) -> list[str]:
-        return ["--moshi-weights", str(self.moshi_weights), "--config", str(self.config),
-                "--mimi-weights", str(self.mimi_weights), "--tokenizer", str(self.tokenizer)]
+from moshi_mlx import FRAME_SIZE, Pipeline
+from moshi_mlx.devtools.tiny_model import TinyModel
 
 
 def load_pipeline(tiny_model: TinyModel, seed: int = 0) -> Pipeline:
-    return Pipeline.load(tiny_model.moshi_weights, tiny_model.mimi_weights, tiny_model.tokenizer,
-                         LmConfig.from_json(tiny_model.config), seed=seed)
+    return tiny_model.load_pipeline(seed)
 
 
 def frames_of(x: np.ndarray) -> list[np.ndarray]:
