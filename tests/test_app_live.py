@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_server import speech_wav
+
+from moshi_mlx.devtools.virtual_audio import speech_wav
 
 pytestmark = pytest.mark.audio
 

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from audio_server import speech_wav
 
 from moshi_mlx.codec import FRAME_SIZE, load_codec
+from moshi_mlx.devtools.virtual_audio import speech_wav
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.stream.filemode import run_frames
 from moshi_mlx.stream.pipeline import Pipeline

@@ -13,21 +13,15 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from audio_server import speech_wav
+from helpers import load_pipeline
 
 from moshi_mlx import MoshiError
-from moshi_mlx.model.config import LmConfig
+from moshi_mlx.devtools.virtual_audio import speech_wav
 from moshi_mlx.stream.engine import Engine
-from moshi_mlx.stream.pipeline import Pipeline
 from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
 pytestmark = pytest.mark.audio
 FRAME = 1920
-
-
-def load_pipeline(tiny_model) -> Pipeline:
-    return Pipeline.load(tiny_model.moshi_weights, tiny_model.mimi_weights, tiny_model.tokenizer,
-                         LmConfig.from_json(tiny_model.config), seed=0)
 
 
 def best_match(template: np.ndarray, signal: np.ndarray) -> float:
@@ -205,4 +199,4 @@ def test_warmup_error_is_raised_by_start_before_devices_open(virtual_audio, tiny
     engine = Engine(pipeline)
     with pytest.raises(RuntimeError, match="no GPU memory left"):
         engine.start()
-    assert not engine.running and engine._input_stream is None and engine._output_stream is None
+    assert not engine.running and engine.devices.input_stream is None and engine.devices.output_stream is None

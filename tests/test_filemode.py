@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
+from helpers import load_pipeline
 from moshi_mlx.app import cli
 
 from moshi_mlx import LmGen, MoshiError, load_lm, text_piece
@@ -31,11 +32,6 @@ def write_input(path, seconds: float, rate: int, channels: int) -> np.ndarray:
     data = np.stack(columns, axis=1).astype(np.float32)
     soundfile.write(str(path), data, rate, subtype="FLOAT")
     return data
-
-
-def load_pipeline(tiny_model, seed: int) -> Pipeline:
-    return Pipeline.load(tiny_model.moshi_weights, tiny_model.mimi_weights, tiny_model.tokenizer,
-                         LmConfig.from_json(tiny_model.config), seed=seed)
 
 
 def test_run_command_stereo_odd_rate(tmp_path, tiny_model, capsys):

@@ -11,7 +11,7 @@ import soundfile
 import soxr
 
 from ..codec import FRAME_SIZE, SAMPLE_RATE
-from ..errors import MoshiError
+from ..errors import MoshiError, first_line
 
 
 def sounddevice() -> Any:
@@ -147,7 +147,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
-        raise MoshiError(f"cannot read audio file {path}: {str(e).splitlines()[0]}") from None
+        raise MoshiError(f"cannot read audio file {path}: {first_line(e)}") from None
     if data.shape[0] == 0:
         raise MoshiError(f"audio file {path} is empty")
     finite = np.isfinite(data).all(axis=1)
@@ -174,5 +174,5 @@ def write_wav(path: str | Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> P
     try:
         soundfile.write(str(path), np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16")
     except (soundfile.LibsndfileError, OSError, RuntimeError) as e:
-        raise MoshiError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
+        raise MoshiError(f"cannot write {path}: {first_line(e)}") from None
     return path

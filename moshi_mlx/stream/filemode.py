@@ -12,6 +12,7 @@ import numpy as np
 from ..codec import SAMPLE_RATE
 from .audio_io import read_mono_24k
 from .frame_loop import run_frame_loop
+from .outputs import FrameOutputs, whole_frames
 from .pipeline import FrameEvent, Pipeline
 from .recording import TranscriptWriter, WavRecorder
 
@@ -52,37 +53,10 @@ def run_frames(
     """
     if pipeline.gen.step_index > 0:
         pipeline.reset()
-    size = pipeline.frame_size
-    count = max(1, -(-len(audio) // size))
-    user = np.zeros(count * size, np.float32)
-    user[: len(audio)] = audio
-    moshi = np.zeros_like(user) if keep else None
-    events: list[FrameEvent] = []
-    tokens: list[int] = []
-    text: list[str] = []
-    done = 0
-
-    def sink(event: FrameEvent, frame: np.ndarray, pcm: np.ndarray | None) -> None:
-        nonlocal done
-        t = event.index
-        done += 1
-        if moshi is not None and pcm is not None:
-            moshi[t * size : (t + 1) * size] = pcm
-        if recorder is not None:
-            recorder.write(frame, pcm)
-        if transcript is not None:
-            transcript.write(event.text)
-        if keep:
-            events.append(event)
-            tokens.append(event.text_token)
-            text.append(event.text or "")
-        if on_event is not None:
-            on_event(event)
-
-    frames = (user[t * size : (t + 1) * size] for t in range(count))
-    run_frame_loop(pipeline, frames, sink, overlap=overlap)
-    return FileResult(user=user, text="".join(text).strip(), text_tokens=tokens, frames=done, moshi=moshi,
-                      events=events)
+    frames = whole_frames(audio, pipeline.frame_size)
+    outputs = FrameOutputs(recorder, transcript, on_event, len(frames) if keep else 0, pipeline.frame_size)
+    run_frame_loop(pipeline, frames, outputs, overlap=overlap)
+    return FileResult(user=frames.reshape(-1), **outputs.kept())
 
 
 def run_file(

@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..codec import Codec, load_codec
-from ..errors import MoshiError
+from ..errors import MoshiError, first_line
 from ..model.generate import LmGen, PendingStep, StepOutput
 from ..model.text import text_piece
 from ..model.weights import load_lm
@@ -78,7 +78,7 @@ def load_text_tokenizer(path: str | Path) -> Any:
     try:
         return sentencepiece.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
-        raise MoshiError(f"cannot load text tokenizer {path}: {str(e).splitlines()[0]}") from None
+        raise MoshiError(f"cannot load text tokenizer {path}: {first_line(e)}") from None
 
 
 class Pipeline:

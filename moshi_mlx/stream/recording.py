@@ -8,7 +8,7 @@ import numpy as np
 import soundfile
 
 from ..codec import SAMPLE_RATE
-from ..errors import MoshiError
+from ..errors import MoshiError, first_line
 
 
 class WavRecorder:
@@ -30,7 +30,7 @@ class WavRecorder:
                 format="FLAC" if self.path.suffix.lower() == ".flac" else "WAV",
             )
         except (soundfile.LibsndfileError, OSError, RuntimeError) as e:
-            raise MoshiError(f"cannot write {self.path}: {str(e).splitlines()[0]}") from None
+            raise MoshiError(f"cannot write {self.path}: {first_line(e)}") from None
         _update_header_on_every_write(self._file)
         self.frames = 0
 

@@ -17,6 +17,7 @@ import numpy as np
 from ...codec import SAMPLE_RATE
 from ..audio_io import read_mono_24k
 from ..filemode import FileResult, open_outputs
+from ..outputs import FrameOutputs, whole_frames
 from ..pipeline import FrameEvent, Pipeline
 from ..recording import TranscriptWriter, WavRecorder
 from .canceller import EchoCanceller
@@ -87,44 +88,34 @@ def run_frames_with_echo(
     if pipeline.gen.step_index > 0:
         pipeline.reset()
     size = pipeline.frame_size
-    count = max(1, -(-len(audio) // size))
+    user = whole_frames(audio, size)
+    count = len(user)
     gain = 10 ** (gain_db / 20)
-    user = np.zeros(count * size, np.float32)
-    user[: len(audio)] = audio
     heard = np.zeros_like(user)
-    mic, echo, moshi = (np.zeros_like(user) if keep else None for _ in range(3))
+    mic, echo = (np.zeros_like(user) if keep else None for _ in range(2))
     line = np.zeros(int(round(delay_ms * SAMPLE_RATE / 1000)), np.float32)  # the speaker-to-microphone delay
     played = np.zeros(size, np.float32)  # what the speaker plays in this slot: the previous step's output
     windows = _RemovalWindows()
-    events, tokens, text = [], [], []
+    outputs = FrameOutputs(recorder, transcript, on_event, count if keep else 0, size)
     for t in range(count):
-        s = slice(t * size, (t + 1) * size)
         line = np.concatenate([line, played])
         echo_t, line = gain * line[:size], line[size:]
-        mic_t = user[s] + echo_t
+        mic_t = user[t] + echo_t
         if canceller is not None:
             canceller.add_reference(played)  # the output callback runs before this slot's microphone frame
-            heard[s] = canceller.clean(mic_t)
+            heard[t] = canceller.clean(mic_t)
         else:
-            heard[s] = mic_t
-        windows.add(mic_t, heard[s], echo_t, user[s])
-        event, pcm = pipeline.step(heard[s])
+            heard[t] = mic_t
+        windows.add(mic_t, heard[t], echo_t, user[t])
+        event, pcm = pipeline.step(heard[t])
         played = np.zeros(size, np.float32) if pcm is None else np.asarray(pcm, np.float32)
         if keep:
-            mic[s], echo[s] = mic_t, echo_t
-            moshi[s] = played
-            events.append(event)
-            tokens.append(event.text_token)
-            text.append(event.text or "")
-        if recorder is not None:
-            recorder.write(heard[s], pcm)
-        if transcript is not None:
-            transcript.write(event.text)
-        if on_event is not None:
-            on_event(event)
+            mic[t], echo[t] = mic_t, echo_t
+        outputs(event, heard[t], pcm)
     return EchoFileResult(
-        user=heard, text="".join(text).strip(), text_tokens=tokens, frames=count, moshi=moshi, events=events,
-        mic=mic, echo=echo, echo_removed_db=windows.median,
+        user=heard.reshape(-1), **outputs.kept(),
+        mic=mic.reshape(-1) if keep else None, echo=echo.reshape(-1) if keep else None,
+        echo_removed_db=windows.median,
         lead_ms=canceller.lead_ms if canceller is not None else None,
         hold_ms=canceller.hold_ms if canceller is not None else 0.0,
     )
