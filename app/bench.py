@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,20 +22,18 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from moshi_mlx import Lm, LmConfig, LmGen
-from moshi_mlx.codec import BACKENDS, FRAME_SIZE, SAMPLE_RATE, Codec, choose_backend, load_codec
+from moshi_mlx import FRAME_SIZE, Codec, Lm, LmConfig, LmGen, Pipeline, load_codec, run_frames
+from moshi_mlx.codec import BACKENDS, FRAME_MS, choose_backend
 from moshi_mlx.devtools.opcount import OpCounter
 from moshi_mlx.devtools.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from moshi_mlx.devtools.profiling import StepProfiler
 from moshi_mlx.devtools.random_mimi import write_random_mimi
-from moshi_mlx.stream.filemode import run_frames
-from moshi_mlx.stream.pipeline import Pipeline
 
 from .memory import check_fits
-from .model_args import codec_line
+from .model_args import DTYPES, add_dtype_arg, codec_line, dtype_note
 from .parser import Parser
 
 GIB = 1024**3
-FRAME_MS = 1000 * FRAME_SIZE / SAMPLE_RATE
 BUDGET_EXTRA = 500 * 1024**2  # beyond weights + KV cache: Mimi, activations, the interpreter
 # The 7B's structure (16 streams, 8 depth steps, its delays and context) at smaller widths and depths.
 MODELS: dict[str, dict] = {
@@ -48,14 +47,15 @@ MODELS: dict[str, dict] = {
 STAGES = ("encode", "temporal", "depth", "decode")
 
 
-def random_lm(model: str, quant: str) -> Lm:
-    """Moshi's LM with random bf16 weights of the model's shapes, quantized as Kyutai's q4 / q8 files."""
+def random_lm(model: str, quant: str, dtype: mx.Dtype = mx.bfloat16) -> Lm:
+    """Moshi's LM with random weights of the model's shapes in `dtype`, quantized as Kyutai's q4 / q8 files (their
+    scales in `dtype`, as `load_lm` loads them)."""
     from moshi_mlx.quantize.recipes import make_plan
 
     config = LmConfig(**MODELS[model])
     mx.random.seed(0)
     lm = Lm(config)  # parameters are lazy: nothing is computed yet
-    lm.set_dtype(mx.bfloat16)
+    lm.set_dtype(dtype)
     if quant != "bf16":
         plan = make_plan(config, bits=int(quant))
         nn.quantize(lm, class_predicate=lambda path, _: plan[path].to_dict() if plan.get(path) else False)
@@ -74,11 +74,12 @@ def stats(values: list[float]) -> tuple[float, float]:
 def profile(pipeline: Pipeline, audio: np.ndarray, trace: list[dict], origin: float) -> dict[str, list[float]]:
     """Each frame's stages one after the other, each ended by a host sync; trace events on thread 1."""
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    profiler = StepProfiler(pipeline.gen)
     for t in range(len(audio) // FRAME_SIZE):
         t0 = time.perf_counter()
         codes = pipeline.codec.encode(audio[t * FRAME_SIZE : (t + 1) * FRAME_SIZE])
         t1 = time.perf_counter()
-        out, temporal_ms, depth_ms = pipeline.gen.profile_step(codes)
+        out, temporal_ms, depth_ms = profiler.step(codes)
         t2 = time.perf_counter()
         if out.audio_codes is not None:
             pipeline.codec.decode(out.audio_codes)
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trace", default=None, help="write a Chrome / Perfetto trace (JSON) of the stages")
     parser.add_argument("--mimi", choices=BACKENDS, default="auto",
                         help="Mimi backend: rust (rustymimi), mlx, or auto")
+    add_dtype_arg(parser)
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("argument --frames: at least 2 (Moshi's first audio comes at the second frame)")
@@ -152,14 +154,17 @@ def main(argv: list[str] | None = None) -> None:
         from .parser import check_outputs
 
         check_outputs({"--trace": args.trace})
-    quant_name = "bf16" if args.quant == "bf16" else f"q{args.quant}"
+    quant_name = args.dtype if args.quant == "bf16" else f"q{args.quant}"
     if args.model == "7b":
         check_fits(quant_name)
-    name = f"{'7B' if args.model == '7b' else args.model} {quant_name}"
+    model_name = "7B" if args.model == "7b" else args.model
+    name = f"{model_name} {quant_name}"
 
     print(f"moshi-mlx bench: {name}, random weights built in memory, {args.frames} frames per pass", flush=True)
+    if note := dtype_note(args.dtype, quant_name, f"the random {model_name}"):
+        print(note, file=sys.stderr, flush=True)
     start = time.perf_counter()
-    lm = random_lm(args.model, args.quant)
+    lm = random_lm(args.model, args.quant, DTYPES[args.dtype])
     weights_bytes = sum(v.nbytes for _, v in tree_flatten(lm.parameters()))
     with tempfile.TemporaryDirectory() as tmp:  # the codec may reload its file on reset
         mimi_path = write_random_mimi(Path(tmp) / "mimi.safetensors")

@@ -11,13 +11,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from moshi_mlx import hub
-from moshi_mlx.codec import choose_backend
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import Engine, MoshiError, Pipeline, hub
+from moshi_mlx.codec import FRAME_S, choose_backend
 from moshi_mlx.model.weights import summarize_quantization
 from moshi_mlx.stream.audio_io import find_device
-from moshi_mlx.stream.engine import Engine, EngineStats
-from moshi_mlx.stream.pipeline import Pipeline
+from moshi_mlx.stream.engine import EngineStats
 from moshi_mlx.stream.recording import WavRecorder
 
 from .checks import check_outputs
@@ -28,13 +26,13 @@ from .model_args import (
     add_model_args,
     add_sampling_args,
     check_model_files,
-    codec_line,
+    load_files,
     model_inputs,
-    quantization_note,
     resolve_files,
 )
 from .parser import Parser, non_negative_int
-from .ui import ChatView, PlainOutput, Transcript, clock
+from .transcript import Transcript
+from .ui import ChatView, PlainOutput, clock
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,7 +111,7 @@ def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> lis
     if args.transcript:
         lines.append(f"Transcript: {args.transcript} ({view.transcript.count} lines)")
     if args.record:
-        lines.append(f"Recording: {args.record} ({stats.processed * 0.08:.1f} s as Moshi heard it, skips left out; "
+        lines.append(f"Recording: {args.record} ({stats.processed * FRAME_S:.1f} s as Moshi heard it, skips left out; "
                      "stereo: you left, Moshi right)")
     return lines
 
@@ -131,17 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     input_device = find_device(args.input_device, "input")
     output_device = find_device(args.output_device, "output")
     files = choose_model(args, say)
-    mimi, why = choose_backend(args.mimi)
+    choose_backend(args.mimi)  # --mimi rust without rustymimi fails here, before the files are read
     check_outputs(outputs, model_inputs(args, files))
     check_model_files(files)
-    with nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"):
-        pipeline = Pipeline.load(
-            files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-            seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=mimi,
-        )
-    say.print(codec_line(mimi, why))
-    if note := quantization_note(args, pipeline):
-        say.print(note)
+    pipeline = load_files(args, files, nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"))
     # The outputs are opened only now: a model that fails to load leaves an existing transcript or recording.
     transcript = Transcript(args.transcript)
     recorder = WavRecorder(args.record, stereo=True) if args.record else None

@@ -7,12 +7,11 @@ symbolic link or a hard link, is the same file.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import MoshiError
 
 INPUT, OUTPUT, OUTPUT_DIR, NOT_A_FILE = "input", "output", "output folder", "not a file"
 
@@ -38,18 +37,6 @@ FILE_ROLES: dict[str, str] = {
 }
 
 PathLike = str | os.PathLike
-
-
-def _option(action: argparse.Action) -> str:
-    return max(action.option_strings, key=len) if action.option_strings else action.dest
-
-
-def file_options(parser: argparse.ArgumentParser, args: argparse.Namespace, role: str) -> dict[str, str]:
-    """The options of `parser` with this role that `args` gives a value, as `{--option: value}`."""
-    return {
-        _option(a): getattr(args, a.dest) for a in parser._actions
-        if FILE_ROLES.get(a.dest) == role and getattr(args, a.dest, None) is not None
-    }
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

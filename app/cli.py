@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         name = "chat"
     # Imported late: a subcommand's heavy imports (mlx, sounddevice) must not slow down or break the others.
-    from moshi_mlx.errors import MoshiError
+    from moshi_mlx import MoshiError
 
     try:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import MoshiError
 from moshi_mlx.stream.audio_io import list_devices, sounddevice
 
 from .parser import Parser

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import constants
 
-from moshi_mlx import hub
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import MoshiError, hub
 
 from .memory import choose_quant
 from .parser import Parser, repo_id

@@ -7,6 +7,8 @@ import time
 import traceback
 from pathlib import Path
 
+from moshi_mlx.errors import first_line
+
 LOG_DIR_ENV = "MOSHI_MLX_LOG_DIR"
 LOGS_KEPT = 20
 
@@ -25,12 +27,6 @@ def log_dir() -> Path:
         return Path(os.environ[LOG_DIR_ENV]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "moshi-mlx" / "logs"
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of the error's message (native libraries append whole backtraces to theirs)."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0].strip() if lines else type(error).__name__
 
 
 def write_log(subcommand: str, error: BaseException) -> Path | None:

@@ -6,11 +6,12 @@ import math
 import os
 from pathlib import Path
 
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import MoshiError
 
 GIB = 1024**3
 # Tensor sizes of the 7B checkpoints (Kyutai's MLX files).
 WEIGHTS_GIB = {"bf16": 14.3, "q8": 7.6, "q4": 4.5}
+WEIGHTS_GIB["float32"] = 2 * WEIGHTS_GIB["bf16"]  # the bf16 weights loaded as float32 (bench --dtype float32)
 # Beyond the weights: the KV cache of a full 3000-frame context (bf16, ~1.5 GiB for the 7B), Mimi, activations.
 WORKING_GIB = 1.5
 # Left to the operating system and the apps a person keeps open while talking.

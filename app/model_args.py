@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from moshi_mlx import hub
+import mlx.core as mx
+
+from moshi_mlx import Pipeline, hub
 from moshi_mlx.codec import BACKENDS, choose_backend
 from moshi_mlx.model.text import check_vocabulary
 from moshi_mlx.model.weights import summarize_quantization
-from moshi_mlx.stream.pipeline import Pipeline, load_text_tokenizer
+from moshi_mlx.stream.pipeline import load_text_tokenizer
 
 from .memory import check_fits, choose_quant
 from .parser import repo_id, seed, temperature
+
+DTYPES = {"bf16": mx.bfloat16, "float32": mx.float32}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +38,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--mimi", choices=BACKENDS, default="auto",
         help="audio codec: mlx (ours, on MLX's device), rust (rustymimi, on the CPU) or auto (mlx on a GPU, "
         "else rust when rustymimi is installed)",
+    )
+    add_dtype_arg(group)
+
+
+def add_dtype_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--dtype, for every command that loads a model (`chat`, `run`, `bench`)."""
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="bf16",
+        help="precision of the model's weights and arithmetic: bf16 (default), or float32 (a PyTorch checkpoint "
+        "at its reference precision; quantized weights keep their own)",
     )
 
 
@@ -85,30 +100,38 @@ def codec_line(backend: str, why: str) -> str:
     return f"Mimi codec: {'MLX Mimi' if backend == 'mlx' else 'rustymimi'} ({why})"
 
 
-def load_files(args: argparse.Namespace, files: hub.ModelFiles) -> Pipeline:
-    """Load the pipeline and say which Mimi backend runs (on stderr)."""
+def load_files(
+    args: argparse.Namespace, files: hub.ModelFiles, loading: AbstractContextManager | None = None
+) -> Pipeline:
+    """Load the pipeline (inside `loading`, e.g. a spinner), then say which Mimi backend runs and what the options
+    could not change (on stderr)."""
     mimi, why = choose_backend(args.mimi)
-    pipeline = Pipeline.load(
-        files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-        seed=args.seed, temp=args.temp, temp_text=args.temp_text, mimi=mimi,
-    )
+    with loading or nullcontext():
+        pipeline = Pipeline.load(
+            files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
+            seed=args.seed, temp=args.temp, temp_text=args.temp_text, dtype=DTYPES[args.dtype], mimi=mimi,
+        )
     print(codec_line(mimi, why), file=sys.stderr)
+    held = summarize_quantization(pipeline.gen.lm.quantization)
+    for note in (quantization_note(args, held), dtype_note(args.dtype, held, Path(files.moshi_weights).name)):
+        if note:
+            print(note, file=sys.stderr)
     return pipeline
 
 
-def quantization_note(args: argparse.Namespace, pipeline: Pipeline) -> str | None:
-    """One line when -q asked for another precision than the local weights file holds (it is used as it is)."""
-    if args.quant is None or args.moshi_weights is None:
-        return None
-    held = summarize_quantization(pipeline.gen.lm.quantization)
-    if held == hub.normalize_quant(args.quant):
+def quantization_note(args: argparse.Namespace, held: str) -> str | None:
+    """One line when -q asked for another precision than the local weights file holds (`held`: it is used as
+    it is)."""
+    if args.quant is None or args.moshi_weights is None or held == hub.normalize_quant(args.quant):
         return None
     return (f"note: -q {args.quant} does not apply to --moshi-weights {Path(args.moshi_weights).name}: it holds "
             f"{held} weights, used as they are")
 
 
-def load_pipeline(args: argparse.Namespace) -> Pipeline:
-    """Moshi, Mimi and the text tokenizer as the model and sampling options say."""
-    files = resolve_files(args)
-    check_model_files(files)
-    return load_files(args, files)
+def dtype_note(dtype: str, held: str, weights: str) -> str | None:
+    """One line when --dtype float32 meets quantized weights (`held`): their packed values keep their bits; only
+    their scales and the tensors left unquantized (norms) load as float32."""
+    if dtype == "bf16" or held == "bf16":
+        return None
+    return (f"note: --dtype {dtype} does not apply to the {held} weights of {weights}: quantized weights keep their "
+            f"own precision (their scales and the unquantized tensors load as {dtype})")

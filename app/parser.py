@@ -55,7 +55,7 @@ def temperature(text: str) -> float:
 
 def repo_id(text: str) -> str:
     """A Hugging Face repo id (owner/name), checked as huggingface_hub checks it."""
-    from moshi_mlx.errors import MoshiError
+    from moshi_mlx import MoshiError
     from moshi_mlx.hub import check_repo_id
 
     try:

@@ -22,11 +22,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from moshi_mlx import LmConfig, hub
-from moshi_mlx.codec import FRAME_SIZE
+from moshi_mlx import FRAME_SIZE, LmConfig, MoshiError, hub, read_mono_24k
 from moshi_mlx.devtools.process_memory import peak_rss_bytes
-from moshi_mlx.errors import MoshiError
-from moshi_mlx.stream.audio_io import read_mono_24k
 
 from .checks import check_output_folder, check_outputs
 from .interrupt import interrupt_on_termination

@@ -7,11 +7,7 @@ import sys
 import time
 from typing import Any
 
-from moshi_mlx.codec import FRAME_SIZE, SAMPLE_RATE
-from moshi_mlx.errors import MoshiError
-from moshi_mlx.stream.audio_io import read_mono_24k
-from moshi_mlx.stream.filemode import run_file
-from moshi_mlx.stream.pipeline import FrameEvent
+from moshi_mlx import FRAME_SIZE, SAMPLE_RATE, FrameEvent, MoshiError, read_mono_24k, run_file
 
 from .checks import check_outputs
 from .failure import Failed
@@ -22,7 +18,6 @@ from .model_args import (
     check_model_files,
     load_files,
     model_inputs,
-    quantization_note,
     resolve_files,
 )
 from .parser import Parser
@@ -59,8 +54,6 @@ def main(argv: list[str] | None = None) -> None:
     check_outputs(outputs, model_inputs(args, files), source=args.input)
     check_model_files(files)
     pipeline = load_files(args, files)
-    if note := quantization_note(args, pipeline):
-        print(note, file=sys.stderr)
 
     frames_done, printed = 0, False
 

@@ -11,18 +11,16 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.text import Text
 
-from moshi_mlx.errors import MoshiError
-from moshi_mlx.stream.pipeline import FrameEvent
+from moshi_mlx import FrameEvent
+from moshi_mlx.codec import FRAME_MS, FRAME_S
 
-FRAME_S = 0.08
-SENTENCE_END = (".", "!", "?")
+from .transcript import Line, Transcript
+
 TIMING_WINDOW = 12  # frames averaged for the stage timings: about one second
 LAG_EPISODE_S = 2.0  # skips closer together than this are one lag episode, shown as one marker
 
@@ -37,75 +35,6 @@ def clock(seconds: float) -> str:
 def decibels(level: float, floor: float = -60.0) -> float:
     """An RMS level in [0, 1] as dBFS, never below `floor`."""
     return max(floor, 20 * math.log10(level)) if level > 0 else floor
-
-
-@dataclass
-class Line:
-    start: float  # seconds into the conversation (the position in the recording)
-    text: str
-
-    def format(self) -> str:
-        minutes, secs = divmod(self.start, 60)
-        return f"[{int(minutes):02d}:{secs:04.1f}] {self.text}"
-
-
-class Transcript:
-    """Moshi's words grouped into timestamped lines, written to `path` (when given) as each line ends.
-
-    A line ends with a sentence, after `pause_s` without words, at the next word once it is `max_chars` long, or
-    anywhere at twice that (a model may babble without spaces).
-    """
-
-    def __init__(self, path: str | Path | None = None, pause_s: float = 1.0, max_chars: int = 100):
-        self.pause_s, self.max_chars = pause_s, max_chars
-        self.current: Line | None = None
-        self.count = 0  # lines ended so far (the lines themselves go to the file)
-        self._last_word = 0.0
-        self._file: IO[str] | None = None
-        if path is not None:
-            try:
-                self._file = open(Path(path).expanduser(), "w", encoding="utf-8")
-            except OSError as e:
-                raise MoshiError(f"cannot write transcript {path}: {e.strerror}") from None
-
-    def add(self, seconds: float, piece: str | None) -> Line | None:
-        """Moshi's piece at this time (None for padding); returns the line this ended, if any."""
-        done = None
-        if not piece:
-            if self.current is not None and seconds - self._last_word >= self.pause_s:
-                done = self.finish()
-            return done
-        if self.current is not None:
-            length = len(self.current.text)
-            if length >= 2 * self.max_chars or (piece.startswith(" ") and length >= self.max_chars):
-                done = self.finish()
-        if self.current is None:
-            piece = piece.lstrip()
-            if not piece:
-                return done
-            self.current = Line(seconds, "")
-        self.current.text += piece
-        self._last_word = seconds
-        if self.current.text.endswith(SENTENCE_END):
-            done = self.finish()
-        return done
-
-    def finish(self) -> Line | None:
-        """End the line in progress (if any) and write it."""
-        line, self.current = self.current, None
-        if line is None:
-            return None
-        self.count += 1
-        if self._file is not None:
-            self._file.write(line.format() + "\n")
-            self._file.flush()
-        return line
-
-    def close(self) -> None:
-        self.finish()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 class ChatView:
@@ -197,7 +126,7 @@ class ChatView:
     def status_fields(self) -> list[tuple[str, str]]:
         """(text, style) pieces of the status line."""
         encode, lm, decode, frame = self.timings()
-        rtf = frame / (FRAME_S * 1000)
+        rtf = frame / FRAME_MS
         last = self.last
         backlog, dropped, underruns = (last.backlog, last.dropped, last.underruns) if last else (0, 0, 0)
         rtf_style = "green" if rtf <= 0.8 else "yellow" if rtf <= 1.0 else "bold red"
@@ -301,7 +230,7 @@ class PlainOutput:
             frame = view.timings()[3]
             self._print(
                 f"[{clock(view.elapsed)}] lag: skipped {self._skipped:.2f} s of your audio to keep up "
-                f"(frame {frame:.0f} ms > 80 ms)"
+                f"(frame {frame:.0f} ms > {FRAME_MS:.0f} ms)"
             )
             self._skipped = 0.0
         if view.elapsed >= self._next_status:

@@ -16,7 +16,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import get_session, validate_repo_id
 
-from .errors import MoshiError
+from .errors import MoshiError, first_line
 from .model.config import LmConfig
 
 VOICES = ("moshiko", "moshika")
@@ -143,7 +143,7 @@ def fetch(repo: str, filename: str, quant: str = "q4", cached_first: bool = True
     except EntryNotFoundError:
         raise MoshiError(f"{repo} has no file {filename}: check --hf-repo and -q") from None
     except (HfHubHTTPError, OSError) as e:
-        raise MoshiError(f"cannot download {filename} from {repo}: {str(e).splitlines()[0]}") from None
+        raise MoshiError(f"cannot download {filename} from {repo}: {first_line(e)}") from None
 
 
 def _repo_config(repo: str, cached_first: bool = True) -> dict | None:

@@ -16,8 +16,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
-from moshi_mlx import Lm, LmConfig
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import Lm, LmConfig, MoshiError
 from moshi_mlx.model.weights import is_pytorch_layout, sanitize, write_config
 
 from .recipes import QuantSpec, describe, file_tag, quantization_block

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import mlx.nn as nn
 
-from moshi_mlx import Lm, LmConfig
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import Lm, LmConfig, MoshiError
 
 # Kyutai's published files: q4 in groups of 32, q8 in groups of 64.
 DEFAULT_GROUP_SIZE = {4: 32, 8: 64}

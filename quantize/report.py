@@ -16,8 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from moshi_mlx import Lm, LmConfig, load_lm
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import FRAME_SIZE, Lm, LmConfig, MoshiError, load_codec, load_lm, read_mono_24k
 
 
 @dataclass(frozen=True)
@@ -64,10 +63,6 @@ def wav_codes(
 ) -> np.ndarray:
     """Codes `[1, 1 + n_q, T]` of a recording (a file, or mono 24 kHz samples): its Mimi codes fill Moshi's and
     the user's audio streams, the text stream is padding (as when nobody speaks in Moshi's text)."""
-    from moshi_mlx.codec import load_codec
-    from moshi_mlx.codec.base import FRAME_SIZE
-    from moshi_mlx.stream.audio_io import read_mono_24k
-
     codec = load_codec(mimi_weights)
     if config.card < codec.cardinality:
         raise MoshiError(f"the model's audio tables have {config.card} entries, Mimi's codes go up to "

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from moshi_mlx.errors import MoshiError
+from moshi_mlx import MoshiError
 
 # Safetensors dtype -> (numpy dtype holding the bytes, MLX dtype). bfloat16 travels as uint16 bits.
 _DTYPES: dict[str, tuple[np.dtype, mx.Dtype]] = {

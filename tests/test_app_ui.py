@@ -5,7 +5,8 @@ import re
 
 import pytest
 from moshi_mlx.app.memory import check_fits, choose_quant
-from moshi_mlx.app.ui import ChatView, PlainOutput, Transcript, decibels
+from moshi_mlx.app.transcript import Transcript
+from moshi_mlx.app.ui import ChatView, PlainOutput, decibels
 from rich.console import Console
 
 from moshi_mlx import MoshiError

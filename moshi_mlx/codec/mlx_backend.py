@@ -9,8 +9,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from ..errors import MoshiError
-from .base import CARDINALITY, NUM_CODEBOOKS, check_codes, check_frame
+from ..errors import MoshiError, first_line
+from .base import CARDINALITY, FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE, check_codes, check_frame
 from .mimi import Mimi
 from .mimi_config import MimiConfig
 
@@ -23,15 +23,14 @@ def load_mimi(path: str | Path, num_codebooks: int = NUM_CODEBOOKS, dtype: mx.Dt
     try:
         weights = mx.load(str(path))
     except Exception as e:  # mlx raises bare RuntimeError/ValueError for unreadable files
-        raise MoshiError(f"cannot load Mimi weights {path}: {str(e).strip().splitlines()[0]}") from None
+        raise MoshiError(f"cannot load Mimi weights {path}: {first_line(e)}") from None
     if not isinstance(weights, dict):
         raise MoshiError(f"cannot load Mimi weights {path}: not a safetensors file")
     model = Mimi(MimiConfig(num_codebooks=num_codebooks))
     try:
         model.load_weights(list(model.sanitize(weights).items()), strict=True)
     except (ValueError, KeyError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise MoshiError(f"cannot load Mimi weights {path}: {reason}") from None
+        raise MoshiError(f"cannot load Mimi weights {path}: {first_line(e)}") from None
     if dtype != mx.float32:
         for name in ("encoder", "encoder_transformer", "downsample", "upsample", "decoder_transformer", "decoder"):
             getattr(model, name).set_dtype(dtype)
@@ -48,8 +47,8 @@ class MlxMimi:
     transposed-convolution overlap and 250 steps of attention keys per layer, whatever the length of the stream.
     """
 
-    sample_rate = 24000
-    frame_size = 1920
+    sample_rate = SAMPLE_RATE
+    frame_size = FRAME_SIZE
     cardinality = CARDINALITY
     runs_off_thread = False  # MLX work belongs to the inference thread
 

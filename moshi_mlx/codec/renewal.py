@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ..errors import first_line
+
 In = TypeVar("In")
 Out = TypeVar("Out")
 Step = Callable[[In], Out]
@@ -212,14 +214,13 @@ class RenewingStream(Generic[In, Out]):
         with self._lock:
             self._successor = None
             self._pending.clear()
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         step = self._start()
         for h in self._history:
             step(h)
         out = step(x)
         self._step, self._position, self._served = step, len(self._history) + 1, 1
         self.renewals += 1
-        message = f"Mimi's {self.name} failed ({reason}); renewed it and carried on"
+        message = f"Mimi's {self.name} failed ({first_line(error)}); renewed it and carried on"
         log.warning(message)
         if self._notify is not None:
             self._notify(message)

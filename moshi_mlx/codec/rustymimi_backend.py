@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MoshiError
+from ..errors import MoshiError, first_line
 from .base import CARDINALITY, FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE, check_codes, check_frame
 from .renewal import RenewingStream
 
@@ -25,10 +25,6 @@ RENEW_EVERY = 1500  # frames served (2 minutes): the attention caches grow 64 kB
 # so a successor converges one window at a time. On speech through random full-size weights, the codes of a
 # successor primed on 130 frames agree with the old stream's on 95 % of the next 100 frames, on 250: 99.9 %.
 PRIME_FRAMES = 250
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def crossfade(old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -81,7 +77,7 @@ class RustyMimi:
             return self._rustymimi.Tokenizer(str(self.path), num_codebooks=self.num_codebooks,
                                              max_seq_len=self.max_seq_len)
         except Exception as e:  # rustymimi raises plain exceptions with multi-line messages
-            raise MoshiError(f"cannot load Mimi weights {self.path}: {_first_line(e)}") from None
+            raise MoshiError(f"cannot load Mimi weights {self.path}: {first_line(e)}") from None
 
     def _streams(self) -> tuple[RenewingStream, RenewingStream]:
         def encoder() -> Any:

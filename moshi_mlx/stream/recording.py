@@ -57,14 +57,18 @@ def _update_header_on_every_write(file: soundfile.SoundFile) -> None:
 
 
 class TranscriptWriter:
-    """Moshi's words, appended piece by piece to a text file and flushed as they come."""
+    """Moshi's words, appended piece by piece to a text file and flushed as they come.
 
-    def __init__(self, path: str | Path):
+    `end` is written by `close()`; `name` is how an error names the file (default: its path).
+    """
+
+    def __init__(self, path: str | Path, end: str = "\n", name: str | None = None):
         self.path = Path(path).expanduser()
+        self.end = end
         try:
             self._file = open(self.path, "w", encoding="utf-8")
         except OSError as e:
-            raise MoshiError(f"cannot write {self.path}: {e.strerror}") from None
+            raise MoshiError(f"cannot write {name or self.path}: {e.strerror}") from None
         self.chars = 0  # written so far (the text itself lives in the file only)
 
     def write(self, piece: str | None) -> None:
@@ -78,5 +82,5 @@ class TranscriptWriter:
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.write("\n")
+            self._file.write(self.end)
             self._file.close()
