@@ -103,11 +103,18 @@ def converse(engine: Engine, view: ChatView, output: PlainOutput | None, console
         pass
 
 
+def devices_line(stats: EngineStats) -> str:
+    """The sound devices' own buffering, as PortAudio reports it (asked for as low as they go)."""
+    return (f"Audio: microphone {stats.input_latency_ms:.0f} ms, speaker {stats.output_latency_ms:.0f} ms of device "
+            "latency (the lowest the devices offer)")
+
+
 def summary(stats: EngineStats, view: ChatView, args: argparse.Namespace) -> list[str]:
     lines = [
         f"Stopped after {clock(view.elapsed)}: {stats.processed} frames, {stats.dropped} skipped to keep up, "
         f"{stats.underruns} underruns."
     ]
+    lines.append(f"Latency, mouth to ear: {stats.latency.describe()}.")
     if args.transcript:
         lines.append(f"Transcript: {args.transcript} ({view.transcript.count} lines)")
     if args.record:
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             with nullcontext() if plain else say.status("Warming up...", spinner="dots"):
                 engine.start()
             view.start()
+            say.print(devices_line(engine.stats()))
             say.print(f"Talking to Moshi ({view.model}). Ctrl-C to stop.")
             output = PlainOutput(view, sys.stdout) if plain else None
             converse(engine, view, output, console)

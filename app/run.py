@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 from moshi_mlx import FRAME_SIZE, SAMPLE_RATE, FrameEvent, MoshiError, read_mono_24k, run_file
+from moshi_mlx.codec import FRAME_MS
+from moshi_mlx.stream.latency import LatencyMeter, loop_sample
 
 from .checks import check_outputs
 from .failure import Failed
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
                         "-6), then cancel it as `chat` does; --stereo's left channel is what Moshi heard")
     parser.add_argument("--aec", choices=("on", "off"), default="on",
                         help="echo cancellation of --simulate-echo (default on)")
+    parser.add_argument("--report-latency", action="store_true",
+                        help="say the compute-and-queue part of the latency (what a file can measure: a live "
+                        "conversation adds the model's 160 ms and the devices' buffering)")
     add_model_args(parser)
     add_sampling_args(parser)
     args = parser.parse_args(argv)
@@ -56,10 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = load_files(args, files)
 
     frames_done, printed = 0, False
+    latency = LatencyMeter()
 
     def show(event: FrameEvent) -> None:
         nonlocal frames_done, printed
         frames_done = event.index + 1
+        if args.report_latency and event.index > 0 and event.times is not None:
+            latency.add(loop_sample(event.times))
         if event.notice:
             if printed:
                 sys.stdout.write("\n")
@@ -109,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.simulate_echo is not None:
         print(echo_report(args.simulate_echo, result), file=sys.stderr)
+    if args.report_latency:
+        print(f"latency, compute and queues: {latency.summary().describe()}; live, add the model's "
+              f"{2 * FRAME_MS:.0f} ms and the devices' buffering", file=sys.stderr)
 
 
 def echo_spec(text: str) -> tuple[float, float]:

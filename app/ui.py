@@ -134,6 +134,7 @@ class ChatView:
             (self.model, "bold"),
             (f"encode {encode:.0f} · lm {lm:.0f} · decode {decode:.0f} ms", ""),
             (f"RTF {rtf:.2f}", rtf_style),
+            *([(f"latency {last.latency_ms:.0f} ms", "")] if last is not None and last.latency_ms is not None else []),
             (f"backlog {backlog}", "yellow" if backlog else ""),
             (f"drops {dropped}", "yellow" if dropped else ""),
             (f"underruns {underruns}", "yellow" if underruns else ""),

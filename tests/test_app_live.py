@@ -23,7 +23,8 @@ pytestmark = pytest.mark.audio
 
 SPEECH = "Hello Moshi, how are you today? Tell me something about the weather."
 STATUS = re.compile(
-    r"\| encode \d+ · lm \d+ · decode \d+ ms \| RTF \d+\.\d\d \| backlog \d+ \| drops \d+ \| underruns \d+ \| \d\d:\d\d"
+    r"\| encode \d+ · lm \d+ · decode \d+ ms \| RTF \d+\.\d\d \| latency \d+ ms \| backlog \d+ \| drops \d+ \| "
+    r"underruns \d+ \| \d\d:\d\d"
 )
 TRANSCRIPT_LINE = re.compile(r"\[(\d\d:\d\d)\.\d\] (\S.*)")
 

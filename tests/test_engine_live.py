@@ -65,7 +65,7 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
     # The median is the device's cadence. Single callbacks may run late by a scheduling delay on a loaded 2-core
     # machine (seen: 940 ms at a load of 15), and a starved audio thread may miss a block (ALSA "underrun occurred",
     # seen at a load of 5, which stretched the mean to 83.5 ms): that is the system's doing, so the mean is held to
-    # 10 % and missed blocks to a few. What our callbacks control, their own time, is bounded tightly below.
+    # 10 % and missed blocks to a few. What our callbacks control, their own CPU time, is bounded tightly below.
     for intervals in (intervals_in, intervals_out):
         assert abs(np.median(intervals) - 80) < 2 and abs(intervals.mean() - 80) < 8, intervals
         assert np.sum(intervals > 200) <= max(1, len(intervals) // 20), intervals
@@ -106,10 +106,12 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
     assert stats.played + stats.unplayed + stats.output_dropped == stats.processed - 1
     assert stats.unplayed == 0  # stopping played out what Moshi had said
     # Every block handed to the speaker is heard intact, but those still in PortAudio's buffer (its latency: two
-    # blocks here) when the stream closes, which may be cut short.
-    said = conversation[:, 1].reshape(-1, FRAME)[1 : stats.played - 1]
+    # blocks here) when the stream closes, which may be cut short, and those dropped from its queue (a surplus left
+    # by a hiccup is trimmed to keep the latency low: whole blocks, never heard).
+    said = conversation[:, 1].reshape(-1, FRAME)[1 : stats.played + stats.output_dropped - 1]
     assert len(said) > 5 and np.sqrt(np.mean(said**2)) > 0.05
-    assert [round(best_match(frame, played), 2) for frame in said] == [1.0] * len(said)
+    matches = [round(best_match(frame, played), 2) for frame in said]
+    assert sum(m < 1.0 for m in matches) <= stats.output_dropped, (matches, stats.output_dropped)
 
 
 def test_device_at_its_own_rate_is_resampled(virtual_audio, tiny_model, tmp_path):

@@ -3,7 +3,12 @@
 The input callback queues each block the microphone captured (`AudioDevices.mic`); the output callback plays the
 blocks queued for the speaker (`AudioDevices.play`), silence when there are none, and hands what it played to the
 echo canceller as its reference. The callbacks run on PortAudio's threads: they only move numpy blocks (no
-waiting, no MLX, one small copy).
+waiting, no MLX, one small copy). Times are taken to the `time.monotonic()` clock there: each block's ADC or DAC
+time, and for each of Moshi's frames the moment its first sample is handed out (`played`, for the latency).
+
+The speaker's queue holds what smooth playback needs and no more: when it has never run below `spare` blocks over
+the last `TRIM_WINDOW` callbacks (a backlog left by a hiccup), the surplus is dropped (counted), so a late backlog
+does not stay for the rest of the conversation.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import queue
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,12 +28,16 @@ from ..codec import FRAME_MS, SAMPLE_RATE
 from ..errors import MoshiError
 from .audio_io import Chunker, StreamResampler, StreamSettings, find_device, sounddevice, stream_settings
 from .echo.canceller import EchoCanceller
+from .latency import LatencySummary, to_monotonic
 
 TIMES_KEPT = 4096  # callback timestamps kept for the stats (about 5 minutes)
 MIC_BLOCKS_KEPT = 64  # input blocks held while the loop is stalled (about 5 s); older ones are dropped
 PLAYOUT_S = 0.5  # on stop, Moshi's queued audio is played for up to this long
+TRIM_WINDOW = 6  # output callbacks (about 0.5 s) over which the speaker queue's surplus is judged
+LATENCY = "low"  # asked of both devices (PortAudio's low-latency suggestion)
 
 MicBlock = tuple[np.ndarray, float, float]  # the device's samples, time.monotonic() at arrival, its ADC time
+Played = tuple[object, float, float, float]  # a frame's tag, its output callback, that block's DAC time, its offset (s)
 
 
 @dataclass
@@ -42,14 +52,18 @@ class EngineStats:
     stalled_dropped: int = 0  # of those, dropped by the input callback while the loop was stalled
     underruns: int = 0  # output blocks played as silence after Moshi started speaking
     output_dropped: int = 0  # Moshi blocks discarded because the speaker queue was over its bound
+    output_trimmed: int = 0  # of those, dropped because the queue kept a surplus (a backlog after a hiccup)
     played: int = 0  # Moshi blocks handed to the speaker
     unplayed: int = 0  # Moshi blocks still queued for the speaker when it closed
     input_overflows: int = 0  # PortAudio status flags reported to the callbacks
     output_underflows: int = 0
-    callback_max_ms: float = 0.0  # longest time spent inside one of our callbacks
+    callback_max_ms: float = 0.0  # longest CPU time of one of our callbacks (a preemption of its thread is not ours)
     first_output_frames: float | None = None  # first input callback -> first Moshi block played, in frames
     input_times: list[float] = field(default_factory=list)  # monotonic times of the last input callbacks
     output_times: list[float] = field(default_factory=list)
+    input_latency_ms: float | None = None  # the devices' own latency, as PortAudio reports it once open
+    output_latency_ms: float | None = None
+    latency: LatencySummary = field(default_factory=LatencySummary)  # mouth-to-ear (`latency.py`), filled by Engine
 
     @staticmethod
     def intervals_ms(times: list[float]) -> np.ndarray:
@@ -69,7 +83,9 @@ class AudioDevices:
         self.stats = EngineStats()
         self.echo: EchoCanceller | None = None
         self.mic: queue.Queue[MicBlock] = queue.Queue(maxsize=MIC_BLOCKS_KEPT)
-        self.speaker: deque[np.ndarray] = deque()  # device blocks waiting for the output callback
+        self.speaker: deque[tuple[np.ndarray, int]] = deque()  # device blocks to play, each with its first index
+        self.played: deque[Played] = deque()  # tagged frames whose first sample was handed out (engine drains it)
+        self.spare = 0  # speaker blocks kept beyond the one being played, for a decoder that comes late
         self.input_stream: Any = None
         self.output_stream: Any = None
         self._in_times: deque[float] = deque(maxlen=TIMES_KEPT)
@@ -78,14 +94,25 @@ class AudioDevices:
         self._speaking = False  # Moshi's first block has been queued
         self._to_speaker_rate: StreamResampler | None = None
         self._speaker_blocks: Chunker | None = None
+        self._in_rate = self._out_rate = SAMPLE_RATE  # the devices' rates, once chosen
+        self._speaker_lock = threading.Lock()  # the queue and its tags: the decoder appends, the callback takes
+        self._queued = 0  # samples given to the speaker's resampler so far, at 24 kHz
+        self._blocked = 0  # samples queued as device blocks so far (the next block's first index)
+        self._starts: deque[tuple[int, object]] = deque()  # (device-rate index, tag) of frames not yet handed out
+        self._lowest = 0  # fewest blocks left in the queue over this trim window
+        self._window = 0
 
     def choose(self) -> None:
         """Find both devices and the settings they take (`stats.input`, `stats.output`); opens nothing."""
         sounddevice()
-        self.stats.input = stream_settings(find_device(self.input_device, "input"), "input", self.samplerate)
-        self.stats.output = stream_settings(find_device(self.output_device, "output"), "output", self.samplerate)
-        self._to_speaker_rate = StreamResampler(SAMPLE_RATE, self.stats.output.samplerate)
-        self._speaker_blocks = Chunker(self.stats.output.blocksize)
+        self._use(stream_settings(find_device(self.input_device, "input"), "input", self.samplerate),
+                  stream_settings(find_device(self.output_device, "output"), "output", self.samplerate))
+
+    def _use(self, input_settings: StreamSettings, output_settings: StreamSettings) -> None:
+        self.stats.input, self.stats.output = input_settings, output_settings
+        self._in_rate, self._out_rate = input_settings.samplerate, output_settings.samplerate
+        self._to_speaker_rate = StreamResampler(SAMPLE_RATE, self._out_rate)
+        self._speaker_blocks = Chunker(output_settings.blocksize)
 
     def open(self) -> None:
         """Open and start the speaker, then the microphone; MoshiError when a device refuses."""
@@ -95,27 +122,34 @@ class AudioDevices:
         try:
             self.output_stream = sd.OutputStream(
                 device=out_settings.device, samplerate=out_settings.samplerate, channels=out_settings.channels,
-                blocksize=out_settings.blocksize, dtype="float32", callback=self._on_output,
+                blocksize=out_settings.blocksize, dtype="float32", callback=self._on_output, latency=LATENCY,
             )
             self.input_stream = sd.InputStream(
                 device=in_settings.device, samplerate=in_settings.samplerate, channels=in_settings.channels,
-                blocksize=in_settings.blocksize, dtype="float32", callback=self._on_input,
+                blocksize=in_settings.blocksize, dtype="float32", callback=self._on_input, latency=LATENCY,
             )
             self.output_stream.start()
             self.input_stream.start()
         except (sd.PortAudioError, ValueError) as e:
             raise MoshiError(f"cannot open the audio devices: {e}") from None
+        self._note_latencies()
+
+    def _note_latencies(self) -> None:
+        """The devices' own latency, as the open streams report it."""
+        self.stats.input_latency_ms = 1000 * float(self.input_stream.latency)
+        self.stats.output_latency_ms = 1000 * float(self.output_stream.latency)
 
     # --- the callbacks: PortAudio's threads, no waiting, no MLX ---
 
     def _on_input(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.thread_time()
         if self._first_input is None:
             self._first_input = start
         self._in_times.append(start)
         if status.input_overflow:
             self.stats.input_overflows += 1
-        block = (indata.copy(), start, time_info.inputBufferAdcTime)
+        adc = to_monotonic(time_info.inputBufferAdcTime, time_info.currentTime, start, start - frames / self._in_rate)
+        block = (indata.copy(), start, adc)
         try:
             self.mic.put_nowait(block)
         except queue.Full:  # the loop is stalled: keep the newest audio
@@ -124,16 +158,18 @@ class AudioDevices:
                 self.stats.stalled_dropped += 1
             self.mic.put_nowait(block)
         self.stats.received += 1
-        self.stats.callback_max_ms = max(self.stats.callback_max_ms, (time.monotonic() - start) * 1000)
+        self.stats.callback_max_ms = max(self.stats.callback_max_ms, (time.thread_time() - cpu) * 1000)
 
     def _on_output(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.thread_time()
         self._out_times.append(start)
         if status.output_underflow:
             self.stats.output_underflows += 1
-        try:
-            block = self.speaker.popleft()
-        except IndexError:
+        dac = to_monotonic(time_info.outputBufferDacTime, time_info.currentTime, start, start)
+        with self._speaker_lock:
+            block = self._take_block(start, dac)
+            self._trim(ran_dry=block is None)
+        if block is None:
             outdata.fill(0)
             if self._speaking:
                 self.stats.underruns += 1
@@ -145,17 +181,57 @@ class AudioDevices:
             outdata[:n] = block[:n, None]
             outdata[n:] = 0
         if self.echo is not None:  # the reference is exactly what the speaker gets, silence included
-            self.echo.add_reference(outdata[:, 0], time_info.outputBufferDacTime)
-        self.stats.callback_max_ms = max(self.stats.callback_max_ms, (time.monotonic() - start) * 1000)
+            self.echo.add_reference(outdata[:, 0], dac)
+        self.stats.callback_max_ms = max(self.stats.callback_max_ms, (time.thread_time() - cpu) * 1000)
+
+    def _take_block(self, callback: float | None, dac: float = 0.0) -> np.ndarray | None:
+        """The next queued block, its frames' starts reported to `played` (dropped unheard when `callback` None)."""
+        if not self.speaker:
+            return None
+        block, first = self.speaker.popleft()
+        end = first + len(block)
+        while self._starts and self._starts[0][0] < end:
+            index, tag = self._starts.popleft()
+            if callback is not None:
+                self.played.append((tag, callback, dac, (index - first) / self._out_rate))
+        return block
+
+    def _trim(self, ran_dry: bool) -> None:
+        """Drop the queue's surplus once it stayed above `spare` blocks for a whole window (one that starts after
+        the queue last ran dry: a stall's burst is judged from its first block on)."""
+        if ran_dry:
+            self._window, self._lowest = 0, 0
+            return
+        self._lowest = min(self._lowest, len(self.speaker)) if self._window else len(self.speaker)
+        self._window += 1
+        if self._window < TRIM_WINDOW:
+            return
+        for _ in range(self._lowest - self.spare):
+            self._take_block(None)
+            self.stats.output_dropped += 1
+            self.stats.output_trimmed += 1
+        self._window, self._lowest = 0, len(self.speaker)
 
     # --- the engine's side ---
 
-    def play(self, moshi: np.ndarray) -> None:
-        """Moshi's 24 kHz samples, resampled to the speaker's rate and queued as its blocks."""
+    def play(self, moshi: np.ndarray, tag: object = None, max_blocks: int | None = None) -> None:
+        """Moshi's 24 kHz samples, resampled to the speaker's rate and queued as its blocks.
+
+        `tag` (e.g. the frame's times) comes back in `played` once the samples' first one is handed out; beyond
+        `max_blocks` queued blocks the oldest are dropped (counted).
+        """
         assert self._to_speaker_rate is not None and self._speaker_blocks is not None, "choose() the devices first"
-        for block in self._speaker_blocks(self._to_speaker_rate(moshi)):
-            self.speaker.append(block)
-            self._speaking = True
+        with self._speaker_lock:
+            if tag is not None:  # the resampler keeps positions: 24 kHz sample n is the device's n * rate / 24000
+                self._starts.append((round(self._queued * self._out_rate / SAMPLE_RATE), tag))
+            self._queued += len(moshi)
+            for block in self._speaker_blocks(self._to_speaker_rate(moshi)):
+                self.speaker.append((block, self._blocked))
+                self._blocked += len(block)
+                self._speaking = True
+            while max_blocks is not None and len(self.speaker) > max_blocks:
+                self._take_block(None)
+                self.stats.output_dropped += 1
 
     def close_input(self) -> None:
         if self.input_stream is not None:

@@ -16,6 +16,9 @@ A frame's walk, with the thread that does each step and the code that does it:
    plays them, silence when Moshi is late (an underrun, counted), and hands what it played to the canceller
    (`AudioDevices._on_output`). The frame then goes to the recording, the transcript and the UI (`FrameOutputs`).
 
+Each of Moshi's frames is timed from the ADC time of the user's frame it answers to the DAC time of its own first
+sample (mouth-to-ear latency, `latency.py`): `latency`, and `latency_ms` on the events.
+
 `Engine._converse` strings the steps together on the inference thread: `frame_loop.run_frame_loop` overlaps the
 encoder, LM and decoder stages (while the LM steps on frame t, frame t+1 is encoded and frame t-1 decoded); with a
 codec that runs MLX, the encoder and decoder steps run on the inference thread too. The callbacks only move numpy
@@ -38,8 +41,9 @@ from ..errors import MoshiError
 from .devices import AudioDevices, EngineStats, MicBlock
 from .echo.canceller import CleanedMicrophone, EchoCanceller, EchoSettings, make_echo_canceller
 from .frame_loop import run_frame_loop
+from .latency import FrameTimes, LatencyMeter, measure
 from .outputs import FrameOutputs
-from .pipeline import FrameEvent, Pipeline
+from .pipeline import Frame, FrameEvent, Pipeline
 
 __all__ = ["Engine", "EngineStats"]
 
@@ -65,11 +69,14 @@ class Engine:
         samplerate: int | None = None,
         max_output_backlog: int = 4,
         aec: bool = False,
+        devices: AudioDevices | None = None,
     ):
         if max_backlog < 0:
             raise ValueError("max_backlog must be >= 0")
         self.pipeline = pipeline
-        self.devices = AudioDevices(input_device, output_device, samplerate)
+        self.devices = devices or AudioDevices(input_device, output_device, samplerate)
+        self.latency = LatencyMeter()  # mouth-to-ear, measured as Moshi's frames reach the speaker (`latency.py`)
+        self._previous: FrameTimes | None = None  # the last frame's times: the origin of the next frame's voice
         self.max_backlog, self.max_output_backlog = max_backlog, max_output_backlog
         self.events: queue.Queue[FrameEvent] = queue.Queue(maxsize=1024)
         self.on_event = on_event or self._queue_event
@@ -122,13 +129,15 @@ class Engine:
         finally:
             self._ready.set()
 
-    def _cleaned_microphone_frames(self) -> Iterator[np.ndarray]:
+    def _cleaned_microphone_frames(self) -> Iterator[Frame]:
         """The microphone as 24 kHz frames, resampled and echo-cancelled; ends when the engine stops (encoder)."""
         settings_in = self.devices.stats.input
         assert settings_in is not None
-        self._cleaned = CleanedMicrophone(self.echo, settings_in.samplerate, self.pipeline.frame_size)
+        self._cleaned = cleaned = CleanedMicrophone(self.echo, settings_in.samplerate, self.pipeline.frame_size)
         while (block := self._next_mic_block()) is not None:
-            yield from self._cleaned(*block)
+            arrived = block[1]
+            for samples, captured in zip(cleaned(*block), cleaned.captured, strict=True):
+                yield Frame(samples, times=FrameTimes(captured=captured, arrived=arrived))
 
     def _next_mic_block(self) -> MicBlock | None:
         """The next input block to process, after applying the lag policy; None when stopping."""
@@ -149,22 +158,31 @@ class Engine:
 
     def _play_and_record(self, event: FrameEvent, frame: np.ndarray, pcm: np.ndarray | None) -> None:
         """Moshi's frame to the speaker queue, then the frame to the recording, the transcript and the UI (decoder)."""
-        stats, speaker = self.devices.stats, self.devices.speaker
-        stats.processed += 1
+        self.devices.stats.processed += 1
         if pcm is not None:
-            self.devices.play(pcm)
-            while len(speaker) > self.max_output_backlog:
-                speaker.popleft()
-                stats.output_dropped += 1
+            # Moshi's frame made at this step answers the user's frame of the step before at the earliest.
+            tag = (self._previous, event.times) if self._previous is not None else None
+            self.devices.play(pcm, tag, max_blocks=self.max_output_backlog)
+        self._previous = event.times
         self.outputs(event, frame, pcm)
+
+    def _measure_played(self) -> None:
+        """The latency of each of Moshi's frames whose first sample the speaker has taken since the last call."""
+        played = self.devices.played
+        while played:
+            (origin, step), callback, dac, offset = played.popleft()
+            if origin is not None and origin.captured is not None and step.captured is not None:
+                self.latency.add(measure(origin, step, callback, dac, offset))
 
     def _report(self, event: FrameEvent) -> None:
         """The event, with the state of the live queues filled in, to `on_event`."""
         stats = self.devices.stats
+        self._measure_played()
         self.on_event(
             dataclasses.replace(
                 event, backlog=self._backlog, dropped=stats.dropped + stats.stalled_dropped,
                 underruns=stats.underruns, echo_db=self.echo.echo_reduction_db() if self.echo is not None else None,
+                latency_ms=self.latency.recent_ms(),
             )
         )
 
@@ -230,7 +248,10 @@ class Engine:
         return self.stats()
 
     def stats(self) -> EngineStats:
-        return self.devices.snapshot()
+        """The counters so far; with the latency's summary (complete once stopped)."""
+        if not self.running:  # else the decoder thread measures
+            self._measure_played()
+        return dataclasses.replace(self.devices.snapshot(), latency=self.latency.summary())
 
     def __enter__(self) -> Engine:
         return self.start()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .pipeline import Frame, FrameEvent, Pipeline
+from .pipeline import Frame, FrameEvent, Pipeline, as_frame
 
 Sink = Callable[[FrameEvent, np.ndarray, "np.ndarray | None"], None]
 _END = None  # what a stage passes on after the last frame (or after an error)
@@ -29,30 +29,32 @@ class _Stopped(Exception):
 
 def run_frame_loop(
     pipeline: Pipeline,
-    frames: Iterable[np.ndarray],
+    frames: Iterable[np.ndarray | Frame],
     sink: Sink,
     overlap: bool | None = None,
     stop: threading.Event | None = None,
 ) -> None:
     """Run every frame of `frames` through the pipeline; `sink(event, user_frame, moshi_pcm)` gets them in order.
 
-    `frames` is iterated on the encoder's thread (it may block, e.g. on a microphone; it ends the loop by ending,
-    and should end once `stop` is set). `sink` runs on the decoder's thread. Returns once every frame taken has
-    reached the sink; an error in any stage (`frames` and `sink` included) sets `stop`, stops the other stages and
-    is raised here.
+    `frames` (samples, or `Frame`s carrying their capture times) is iterated on the encoder's thread (it may
+    block, e.g. on a microphone; it ends the loop by ending, and should end once `stop` is set). `sink` runs on
+    the decoder's thread. Returns once every frame taken has reached the sink; an error in any stage (`frames`
+    and `sink` included) sets `stop`, stops the other stages and is raised here.
     """
     if overlap is None:
         overlap = pipeline.codec.runs_off_thread
     if not overlap:
         for user in frames:
-            event, pcm = pipeline.step(user)
-            sink(event, user, pcm)
+            frame = as_frame(user)
+            event, pcm = pipeline.step(frame)
+            sink(event, frame.user, pcm)
         return
     _Overlapped(pipeline, frames, sink, stop).run()
 
 
 class _Overlapped:
-    def __init__(self, pipeline: Pipeline, frames: Iterable[np.ndarray], sink: Sink, stop: threading.Event | None):
+    def __init__(self, pipeline: Pipeline, frames: Iterable[np.ndarray | Frame], sink: Sink,
+                 stop: threading.Event | None):
         self.pipeline, self.frames, self.sink, self.stop = pipeline, frames, sink, stop
         self.encoded: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
         self.stepped: queue.Queue[Frame | None] = queue.Queue(maxsize=1)
@@ -110,7 +112,7 @@ class _Overlapped:
                 user = next(frames, None)
                 if user is None:
                     break
-                self._put(self.encoded, self.pipeline.encode(Frame(user)))
+                self._put(self.encoded, self.pipeline.encode(as_frame(user)))
         except _Stopped:
             pass
         except BaseException as e:

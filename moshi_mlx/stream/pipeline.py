@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from ..errors import MoshiError, first_line
 from ..model.generate import LmGen, PendingStep, StepOutput
 from ..model.text import text_piece
 from ..model.weights import load_lm
+from .latency import FrameTimes
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class FrameEvent:
     overlapped: bool = False  # the stages ran at the same time as other frames' (the pipelined loop)
     notice: str | None = None  # a line for the user (e.g. the codec failed and was renewed)
     echo_db: float | None = None  # echo removed from the microphone while Moshi speaks (live, canceller on)
+    latency_ms: float | None = None  # mouth-to-ear latency, median of the last seconds (live)
+    times: FrameTimes | None = None  # when the frame passed each stage (monotonic)
 
     @property
     def total_ms(self) -> float:
@@ -62,6 +65,12 @@ class Frame:
     lm_ms: float = 0.0
     pending: PendingStep | None = None  # submitted to the LM, not collected yet
     lm_start: float = 0.0
+    times: FrameTimes = field(default_factory=FrameTimes)
+
+
+def as_frame(user: np.ndarray | Frame) -> Frame:
+    """A frame source may give samples, or `Frame`s that already carry their capture times."""
+    return user if isinstance(user, Frame) else Frame(user)
 
 
 def rms(x: np.ndarray) -> float:
@@ -133,9 +142,10 @@ class Pipeline:
     # (`codec.runs_off_thread`); `lm_step` runs MLX, so always on the inference thread.
 
     def encode(self, frame: Frame) -> Frame:
-        t0 = time.perf_counter()
+        frame.times.encode_start = time.monotonic()
         frame.codes = self.codec.encode(frame.user)
-        frame.encode_ms = (time.perf_counter() - t0) * 1000
+        frame.times.encoded = time.monotonic()
+        frame.encode_ms = (frame.times.encoded - frame.times.encode_start) * 1000
         return frame
 
     def lm_step(self, frame: Frame) -> Frame:
@@ -144,7 +154,7 @@ class Pipeline:
     def submit(self, frame: Frame) -> Frame:
         """Start the LM's step on the frame (`collect` waits for it): the next frame can be submitted first."""
         assert frame.codes is not None, "encode the frame first"
-        frame.lm_start = time.perf_counter()
+        frame.lm_start = time.monotonic()
         frame.pending = self.gen.submit(frame.codes)
         return frame
 
@@ -153,7 +163,7 @@ class Pipeline:
         frame.out = self.gen.collect(frame.pending)
         frame.index, frame.pending = frame.pending.index, None
         # A frame submitted while the one before computed starts its own time once that one is collected.
-        now = time.perf_counter()
+        frame.times.lm_done = now = time.monotonic()
         frame.lm_ms = (now - max(frame.lm_start, self._lm_free_at)) * 1000
         self._lm_free_at = now
         return frame
@@ -161,10 +171,11 @@ class Pipeline:
     def decode(self, frame: Frame, overlapped: bool = False) -> tuple[FrameEvent, np.ndarray | None]:
         """Decode Moshi's audio of the frame (None at step 0): the frame's event and Moshi's samples."""
         assert frame.out is not None, "run the LM step first"
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         codes = frame.out.audio_codes
         pcm = self.codec.decode(codes) if codes is not None else None
-        decode_ms = (time.perf_counter() - t0) * 1000 if pcm is not None else 0.0
+        frame.times.decoded = time.monotonic()
+        decode_ms = (frame.times.decoded - t0) * 1000 if pcm is not None else 0.0
         notices = self.codec.notices()
         event = FrameEvent(
             index=frame.index,
@@ -177,15 +188,16 @@ class Pipeline:
             output_level=rms(pcm) if pcm is not None else 0.0,
             overlapped=overlapped,
             notice="; ".join(notices) if notices else None,
+            times=frame.times,
         )
         return event, pcm
 
-    def step(self, frame: np.ndarray) -> tuple[FrameEvent, np.ndarray | None]:
+    def step(self, frame: np.ndarray | Frame) -> tuple[FrameEvent, np.ndarray | None]:
         """The user's frame (float32 `[1920]` at 24 kHz) -> the event and Moshi's frame (None at step 0).
 
         The three stages one after the other on the caller's thread; `frame_loop.run_frame_loop` overlaps them.
         """
-        return self.decode(self.lm_step(self.encode(Frame(frame))))
+        return self.decode(self.lm_step(self.encode(as_frame(frame))))
 
     def close(self) -> None:
         """Release the codec (its threads and memory)."""

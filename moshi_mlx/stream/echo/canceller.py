@@ -80,6 +80,11 @@ class EchoCanceller:
             self._queue.clear()
             self._reset_state()
 
+    @property
+    def delay_s(self) -> float:
+        """How late the cleaned microphone is against the raw one (AEC3's own delay; the bypass matches it)."""
+        return BYPASS_DELAY_MS / 1000
+
     def add_reference(self, block: np.ndarray, dac_time: float | None = None) -> None:
         """The samples just written to the speaker (`[frames]` or `[frames, channels]`; zeros when it played
         silence), at `settings.reference_rate` when given, else 24 kHz.
@@ -187,20 +192,37 @@ class CleanedMicrophone:
 
     Give it every captured block in arrival order, those the lag policy will drop included (a gap in the
     microphone stream that the reference does not have makes AEC3 realign); drop frames after it.
+    `captured` then holds, for each frame of the last call, when its first sample was captured (see `__call__`).
     """
 
     def __init__(self, canceller: EchoCanceller | None, device_rate: int, frame_size: int = FRAME_SIZE):
         self.canceller = canceller
         self.device_rate = device_rate
-        rate = canceller.settings.sample_rate if canceller is not None else SAMPLE_RATE
-        self._resample = StreamResampler(device_rate, rate)
+        self.rate = canceller.settings.sample_rate if canceller is not None else SAMPLE_RATE
+        self.frame_size = frame_size
+        self._resample = StreamResampler(device_rate, self.rate)
         self._frames = Chunker(frame_size)
-        self._frame_s = frame_size / rate
+        self._frame_s = frame_size / self.rate
+        self._taken = 0  # device samples given so far
+        self._framed = 0  # frames handed out so far
+        self.captured: list[float | None] = []
 
     def __call__(self, block: np.ndarray, arrived: float | None = None,
                  adc_time: float | None = None) -> list[np.ndarray]:
-        """One input callback's block, its `time.monotonic()` there and its `inputBufferAdcTime`."""
+        """One input callback's block, its `time.monotonic()` there and the ADC time of its first sample.
+
+        Sets `captured`: each frame's first sample's ADC time (the resampler keeps positions: its output sample n
+        is the input's at n * device_rate / rate), less the canceller's own delay: when its audio was heard.
+        """
+        first = self._taken
+        self._taken += len(block)
         frames = self._frames(self._resample(downmix(block)))
+        delay = self.canceller.delay_s if self.canceller is not None else 0.0
+        self.captured = []
+        for _ in frames:
+            start = self._framed * self.frame_size * self.device_rate / self.rate  # in device samples
+            self.captured.append(None if adc_time is None else adc_time + (start - first) / self.device_rate - delay)
+            self._framed += 1
         if self.canceller is None:
             return frames
         # A frame completed by this block ends with it: its first sample was captured a frame before the block's end.
