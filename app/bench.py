@@ -4,7 +4,8 @@ Random weights of the exact shapes, built in memory (lazily, module by module, s
 than its q4 size), and a random full-size Mimi written to a temporary file. Three passes over the same audio:
 a profiling pass that syncs after each stage (encode, temporal, depth, decode: median and p90), a count of the
 LM step's operations and host synchronisations, and the real frame loop (`moshi_mlx.stream.filemode.run_frames`),
-whose wall time gives the real-time factor and during which peak memory is measured.
+whose wall time gives the real-time factor and during which peak memory is measured. Then the live loop
+(`Engine`) in real time on simulated sound devices of a given buffering, for the mouth-to-ear latency.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from moshi_mlx import FRAME_SIZE, Codec, Lm, LmConfig, LmGen, Pipeline, load_codec, run_frames
-from moshi_mlx.codec import BACKENDS, FRAME_MS, choose_backend
+from moshi_mlx import FRAME_SIZE, Codec, Engine, Lm, LmConfig, LmGen, Pipeline, load_codec, run_frames
+from moshi_mlx.codec import BACKENDS, FRAME_MS, FRAME_S, choose_backend
 from moshi_mlx.devtools.opcount import OpCounter
 from moshi_mlx.devtools.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 from moshi_mlx.devtools.profiling import StepProfiler
 from moshi_mlx.devtools.random_mimi import write_random_mimi
+from moshi_mlx.devtools.stand_ins import SimulatedDevices
 
 from .memory import check_fits
 from .model_args import DTYPES, add_dtype_arg, codec_line, dtype_note
-from .parser import Parser
+from .parser import Parser, milliseconds
 
 GIB = 1024**3
 BUDGET_EXTRA = 500 * 1024**2  # beyond weights + KV cache: Mimi, activations, the interpreter
@@ -45,6 +47,7 @@ MODELS: dict[str, dict] = {
 }
 # --mimi: "rust" is rustymimi; "auto" takes the codec package's default backend.
 STAGES = ("encode", "temporal", "depth", "decode")
+LIVE_FRAMES = 25  # the live pass's least length: 2 s, for a latency figure past the start
 
 
 def random_lm(model: str, quant: str, dtype: mx.Dtype = mx.bfloat16) -> Lm:
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trace", default=None, help="write a Chrome / Perfetto trace (JSON) of the stages")
     parser.add_argument("--mimi", choices=BACKENDS, default="auto",
                         help="Mimi backend: rust (rustymimi), mlx, or auto")
+    parser.add_argument("--device-buffer-ms", type=milliseconds, default=10.0,
+                        help="the simulated devices' buffering beyond their 80 ms block, each way (default 10)")
     add_dtype_arg(parser)
     args = parser.parse_args(argv)
     if args.frames < 2:
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             _run(args, name, lm, weights_bytes, codec, mimi_bytes, start)
         finally:
             codec.close()
+        live_latency(args, lm, mimi_path, backend)
 
 
 def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_bytes: int, start: float) -> None:
@@ -228,7 +234,26 @@ def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_by
         print(f"echo canceller (chat --aec on, on the encoder's thread): {echo[0]:.2f} ms per 80 ms frame "
               f"(p90 {echo[1]:.2f})")
     medians = {stage: stats(times[stage])[0] for stage in STAGES}
-    print(f"verdict: {verdict(name, rtf, medians, args.quant)}")
+    print(f"verdict: {verdict(name, rtf, medians, args.quant)}", flush=True)
     if args.trace is not None:
         Path(args.trace).write_text(json.dumps({"traceEvents": trace, "displayTimeUnit": "ms"}))
         print(f"trace: {args.trace} (open in https://ui.perfetto.dev or chrome://tracing)")
+
+
+def live_latency(args: Any, lm: Lm, mimi_path: Path, backend: str) -> None:
+    """The live loop for `--frames` frames (25 at least) in real time on simulated devices: its mouth-to-ear
+    latency."""
+    buffer_s, frames = args.device_buffer_ms / 1000, max(args.frames, LIVE_FRAMES)
+    signal = np.random.default_rng(1).normal(0, 0.1, frames * FRAME_SIZE).astype(np.float32)
+    devices = SimulatedDevices(signal, input_latency_s=FRAME_S + buffer_s, output_latency_s=FRAME_S + buffer_s)
+    # A fresh generator and codec: the engine traces and runs all MLX work on its own thread, as `chat` does.
+    codec = load_codec(mimi_path, backend=backend)
+    try:
+        with Engine(Pipeline(LmGen(lm, seed=0), codec), devices=devices) as engine:
+            time.sleep(frames * FRAME_S)
+        stats = engine.stats()
+    finally:
+        codec.close()
+    print(f"live loop (Engine, simulated devices: 80 ms blocks + {args.device_buffer_ms:g} ms buffering each way, "
+          f"{frames} frames in real time): {stats.dropped} frames skipped, {stats.underruns} underruns")
+    print(f"latency, mouth to ear: {stats.latency.describe()}")

@@ -31,6 +31,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def milliseconds(text: str) -> float:
+    """A duration in ms: a number from 0 to 10000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 <= value <= 10000:
+        raise argparse.ArgumentTypeError(f"{text} is not a duration in ms (0 to 10000)")
+    return value
+
+
 def seed(text: str) -> int:
     """A random seed MLX takes: a whole number from 0 to 2**64 - 1."""
     value = non_negative_int(text)
