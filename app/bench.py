@@ -30,6 +30,7 @@ from moshi_mlx.devtools.process_memory import current_rss_bytes, peak_rss_bytes,
 from moshi_mlx.devtools.profiling import StepProfiler
 from moshi_mlx.devtools.random_mimi import write_random_mimi
 from moshi_mlx.devtools.stand_ins import SimulatedDevices
+from moshi_mlx.stream.audio_io import BLOCKS_PER_FRAME
 
 from .memory import check_fits
 from .model_args import DTYPES, add_dtype_arg, codec_line, dtype_note
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mimi", choices=BACKENDS, default="auto",
                         help="Mimi backend: rust (rustymimi), mlx, or auto")
     parser.add_argument("--device-buffer-ms", type=milliseconds, default=10.0,
-                        help="the simulated devices' buffering beyond their 80 ms block, each way (default 10)")
+                        help="the simulated devices' buffering beyond their 20 ms block, each way (default 10)")
     add_dtype_arg(parser)
     args = parser.parse_args(argv)
     if args.frames < 2:
@@ -245,7 +246,8 @@ def live_latency(args: Any, lm: Lm, mimi_path: Path, backend: str) -> None:
     latency."""
     buffer_s, frames = args.device_buffer_ms / 1000, max(args.frames, LIVE_FRAMES)
     signal = np.random.default_rng(1).normal(0, 0.1, frames * FRAME_SIZE).astype(np.float32)
-    devices = SimulatedDevices(signal, input_latency_s=FRAME_S + buffer_s, output_latency_s=FRAME_S + buffer_s)
+    block_s = FRAME_S / BLOCKS_PER_FRAME
+    devices = SimulatedDevices(signal, input_latency_s=block_s + buffer_s, output_latency_s=block_s + buffer_s)
     # A fresh generator and codec: the engine traces and runs all MLX work on its own thread, as `chat` does.
     codec = load_codec(mimi_path, backend=backend)
     try:
@@ -254,6 +256,7 @@ def live_latency(args: Any, lm: Lm, mimi_path: Path, backend: str) -> None:
         stats = engine.stats()
     finally:
         codec.close()
-    print(f"live loop (Engine, simulated devices: 80 ms blocks + {args.device_buffer_ms:g} ms buffering each way, "
+    print(f"live loop (Engine, simulated devices: {1000 * block_s:.0f} ms blocks + {args.device_buffer_ms:g} ms "
+          "buffering each way, "
           f"{frames} frames in real time): {stats.dropped} frames skipped, {stats.underruns} underruns")
     print(f"latency, mouth to ear: {stats.latency.describe()}")

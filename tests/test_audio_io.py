@@ -29,10 +29,10 @@ def test_find_device_by_number_name_or_default(virtual_audio):
 @pytest.mark.audio
 def test_stream_settings_prefer_mono_24k(virtual_audio):
     settings = stream_settings(None, "input")
-    assert (settings.samplerate, settings.channels, settings.blocksize) == (24000, 1, 1920)
+    assert (settings.samplerate, settings.channels, settings.blocksize) == (24000, 1, 480)
     assert not settings.resampled
     forced = stream_settings(0, "output", samplerate=44100)
-    assert (forced.samplerate, forced.blocksize, forced.resampled) == (44100, 3528, True)  # still 80 ms blocks
+    assert (forced.samplerate, forced.blocksize, forced.resampled) == (44100, 882, True)  # still 20 ms blocks
 
 
 def test_downmix_averages_channels():

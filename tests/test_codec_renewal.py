@@ -65,7 +65,9 @@ def test_file_run_through_renewals_keeps_every_frame_in_place(tiny_model, tmp_pa
     pipeline = Pipeline.load(tiny_model.moshi_weights, tiny_model.mimi_weights, tiny_model.tokenizer,
                              LmConfig.from_json(tiny_model.config), seed=1,
                              codec_options=dict(max_seq_len=400, renew_every=40, prime_frames=40))
-    result = run_frames(pipeline, audio)
+    renewing = set()  # the directions a successor was seen priming for, as the soak reports them
+    result = run_frames(pipeline, audio, on_event=lambda e: renewing.update(pipeline.codec.renewing))
+    assert renewing == {"encoder", "decoder"}
     enc, dec = pipeline.codec._encoder, pipeline.codec._decoder
     assert enc.renewals >= 2 and dec.renewals >= 2, (enc.renewals, dec.renewals)
     pipeline.close()

@@ -17,11 +17,13 @@ from helpers import load_pipeline
 
 from moshi_mlx import MoshiError
 from moshi_mlx.devtools.virtual_audio import speech_wav
+from moshi_mlx.stream.audio_io import BLOCKS_PER_FRAME
 from moshi_mlx.stream.engine import Engine
 from moshi_mlx.stream.recording import TranscriptWriter, WavRecorder
 
 pytestmark = pytest.mark.audio
 FRAME = 1920
+BLOCK_MS = 1000 * FRAME / 24000 / BLOCKS_PER_FRAME
 
 
 def best_match(template: np.ndarray, signal: np.ndarray) -> float:
@@ -58,7 +60,7 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
         time.sleep(0.3)  # the server's own latency before the last block reaches the recorder
     stats = engine.stats()
 
-    # Callbacks every 80 ms, in and out (the output stream starts with a few back-to-back prefill calls).
+    # Callbacks every 20 ms (a quarter frame), in and out (the output stream starts with back-to-back prefill calls).
     intervals_in = stats.intervals_ms(stats.input_times)
     intervals_out = stats.intervals_ms(stats.output_times)[4:]
     assert len(intervals_in) > 40
@@ -67,7 +69,7 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
     # seen at a load of 5, which stretched the mean to 83.5 ms): that is the system's doing, so the mean is held to
     # 10 % and missed blocks to a few. What our callbacks control, their own CPU time, is bounded tightly below.
     for intervals in (intervals_in, intervals_out):
-        assert abs(np.median(intervals) - 80) < 2 and abs(intervals.mean() - 80) < 8, intervals
+        assert abs(np.median(intervals) - BLOCK_MS) < 2 and abs(intervals.mean() - BLOCK_MS) < BLOCK_MS / 10, intervals
         assert np.sum(intervals > 200) <= max(1, len(intervals) // 20), intervals
     assert stats.callback_max_ms < 10
     assert stats.input_overflows + stats.output_underflows <= max(2, len(intervals_in) // 20)
@@ -103,12 +105,12 @@ def test_live_conversation(virtual_audio, tiny_model, tmp_path):
     heard = loudest_frame(conversation[:, 0])
     assert np.sqrt(np.mean(heard**2)) > 0.05 and best_match(heard, spoken) > 0.99
     played, _ = soundfile.read(str(speaker), dtype="float32")
-    assert stats.played + stats.unplayed + stats.output_dropped == stats.processed - 1
+    assert stats.played + stats.unplayed + stats.output_dropped == (stats.processed - 1) * BLOCKS_PER_FRAME
     assert stats.unplayed == 0  # stopping played out what Moshi had said
-    # Every block handed to the speaker is heard intact, but those still in PortAudio's buffer (its latency: two
-    # blocks here) when the stream closes, which may be cut short, and those dropped from its queue (a surplus left
+    # Every frame handed to the speaker is heard intact, but the last (PortAudio's buffer, its latency: two blocks
+    # here, may be cut short when the stream closes), and those dropped from its queue (a surplus left
     # by a hiccup is trimmed to keep the latency low: whole blocks, never heard).
-    said = conversation[:, 1].reshape(-1, FRAME)[1 : stats.played + stats.output_dropped - 1]
+    said = conversation[:, 1].reshape(-1, FRAME)[1 : (stats.played + stats.output_dropped) // BLOCKS_PER_FRAME]
     assert len(said) > 5 and np.sqrt(np.mean(said**2)) > 0.05
     matches = [round(best_match(frame, played), 2) for frame in said]
     assert sum(m < 1.0 for m in matches) <= stats.output_dropped, (matches, stats.output_dropped)
@@ -120,9 +122,9 @@ def test_device_at_its_own_rate_is_resampled(virtual_audio, tiny_model, tmp_path
         with Engine(pipeline, input_device="pulse", output_device="pulse", samplerate=44100) as engine:
             time.sleep(2.0)
     stats = engine.stats()
-    assert stats.input.samplerate == stats.output.samplerate == 44100 and stats.input.blocksize == 3528
+    assert stats.input.samplerate == stats.output.samplerate == 44100 and stats.input.blocksize == 882
     intervals = stats.intervals_ms(stats.input_times)
-    assert abs(np.median(intervals) - 80) < 2 and abs(intervals.mean() - 80) < 8  # (see test_live_conversation)
+    assert abs(np.median(intervals) - 20) < 2 and abs(intervals.mean() - 20) < 2  # (see test_live_conversation)
     # The resampler holds back a few milliseconds, so at most one frame's worth is still inside it.
     assert 0 <= stats.received - (stats.processed + stats.dropped) <= 1
     assert stats.first_output_frames is not None

@@ -9,7 +9,7 @@ import pytest
 
 from moshi_mlx.codec import FRAME_S, FRAME_SIZE
 from moshi_mlx.stream.audio_io import StreamSettings
-from moshi_mlx.stream.devices import TRIM_WINDOW, AudioDevices
+from moshi_mlx.stream.devices import AudioDevices
 from moshi_mlx.stream.echo.canceller import CleanedMicrophone
 from moshi_mlx.stream.latency import (
     PARTS,
@@ -112,7 +112,7 @@ def test_a_backlog_left_by_a_hiccup_is_trimmed_within_a_window():
     devices = _devices()
     for _ in range(4):  # the burst after a stall
         devices.play(np.zeros(FRAME_SIZE, np.float32), tag="late")
-    for i in range(2 * TRIM_WINDOW):
+    for i in range(2 * devices.speaker.trim_window):
         devices.play(np.zeros(FRAME_SIZE, np.float32), tag=i)
         _callback(devices, 50.0 + i * FRAME_S)
     assert devices.stats.output_trimmed == 4 and devices.stats.underruns == 0
@@ -121,7 +121,7 @@ def test_a_backlog_left_by_a_hiccup_is_trimmed_within_a_window():
 
 def test_a_queue_that_runs_dry_now_and_then_is_not_trimmed():
     devices = _devices()
-    for i in range(3 * TRIM_WINDOW):
+    for i in range(3 * devices.speaker.trim_window):
         if i % 5:  # every fifth frame comes late, then two at once
             devices.play(np.zeros(FRAME_SIZE, np.float32), tag=i)
         if i % 5 == 1 and i > 1:

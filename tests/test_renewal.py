@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from moshi_mlx.codec import renewal
 from moshi_mlx.codec.renewal import RenewingStream
 
 
@@ -21,10 +24,13 @@ class WindowedStream:
         self.window, self.limit, self.delay_s, self.fail_at = window, limit, delay_s, fail_at
         self.seen: list[int] = []
         self.thread_names: set[str] = set()
+        self.nice: set[int] = set()  # the nice values of the threads that ran it (Linux)
         WindowedStream.made.append(self)
 
     def __call__(self, x: int) -> int:
         self.thread_names.add(threading.current_thread().name)
+        if sys.platform.startswith("linux"):
+            self.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         if len(self.seen) >= self.limit:
             raise ValueError("narrow invalid args start + len > dim_len: [8, 32]\n   0: candle_core::error")
         if self.fail_at is not None and len(self.seen) == self.fail_at:
@@ -207,9 +213,8 @@ def test_a_stream_renews_without_the_slot_before_its_limit():
 
 
 def test_a_successor_slower_than_the_old_stream_still_catches_up_before_the_limit():
-    """A successor sharing the cores runs slower than the stream it follows: once it has fallen `max_behind`
-    behind, the caller waits for it at every frame until it has caught up, not only while it is that far behind
-    (which would keep it there until the old stream's limit)."""
+    """A successor sharing the cores runs slower than the stream it follows: once its own time is over, the caller
+    waits for it at every frame until it has caught up (else it would stay behind until the old stream's limit)."""
     made = []
 
     def start():
@@ -225,3 +230,62 @@ def test_a_successor_slower_than_the_old_stream_still_catches_up_before_the_limi
     # Every replaced stream handed over well before its limit, where the caller would have had to wait in full.
     replaced = made[: renewing.renewals]
     assert all(len(s.seen) < 300 for s in replaced), [len(s.seen) for s in replaced]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_a_successor_primes_at_the_lowest_priority():
+    renewing = RenewingStream("encoder", lambda: WindowedStream(window=3, limit=100), limit=100, renew_every=30,
+                              prime_frames=10)
+    for x in range(80):
+        renewing(x)
+    renewing.close()
+    first, successors = WindowedStream.made[0], WindowedStream.made[1:]
+    assert first.nice == {os.getpriority(os.PRIO_PROCESS, 0)}  # the caller's own thread is left alone
+    primed = [s.nice for s in successors if "mimi-encoder-renewal" in s.thread_names]
+    assert primed and all(19 in nice for nice in primed), primed
+
+
+def test_on_a_mac_the_primer_asks_for_the_threads_background_band(monkeypatch):
+    calls = []
+    monkeypatch.setattr(renewal.sys, "platform", "darwin")
+    monkeypatch.setattr(renewal.os, "setpriority", lambda *args: calls.append(args), raising=False)
+    renewal.lower_priority()
+    assert calls == [(3, 0, 0x1000)]  # PRIO_DARWIN_THREAD, the calling thread, PRIO_DARWIN_BG
+
+
+def test_the_caller_does_not_wait_for_a_successor_in_its_own_time():
+    """Half a period from its start, a successor that is far behind does not hold the caller up: live, that wait
+    is a skipped frame. Only then does the caller make it gain on the old stream."""
+    made = []
+
+    def start():
+        made.append(WindowedStream(window=3, limit=1000, delay_s=0.005 if made else 0.0))
+        return made[-1]
+
+    renewing = RenewingStream("encoder", start, limit=1000, renew_every=200, prime_frames=20)
+    inputs = list(range(1, 701))
+    outputs = [renewing(x) for x in inputs[:300]]  # the renewal starts at frame 200: 100 frames of its own
+    assert renewing.renewing and renewing.waited_s == 0.0 and len(made[1].seen) < 50
+    outputs += [renewing(x) for x in inputs[300:]]
+    renewing.close()
+    assert outputs == reference(inputs, window=3)
+    assert renewing.renewals >= 1 and renewing.waited_s > 0  # then it waited, and the successor took over
+
+
+def test_a_successor_with_cores_to_spare_never_makes_a_paced_caller_wait():
+    """Live: frames come in real time and the successor, faster than that, is ready by itself."""
+    made = []
+
+    def start():
+        made.append(WindowedStream(window=3, limit=400, delay_s=0.0005 if made else 0.0))
+        return made[-1]
+
+    renewing = RenewingStream("decoder", start, limit=400, renew_every=100, prime_frames=20)
+    inputs = list(range(1, 501))
+    outputs = []
+    for x in inputs:
+        outputs.append(renewing(x))
+        time.sleep(0.004)  # the next frame is not there yet
+    renewing.close()
+    assert outputs == reference(inputs, window=3)
+    assert renewing.renewals >= 4 and renewing.waited_s == 0.0

@@ -12,7 +12,6 @@ import pytest
 from mlx_lm.generate import wired_limit
 
 from moshi_mlx import FRAME_SIZE, SAMPLE_RATE, Pipeline
-from moshi_mlx.codec import FRAME_S
 from moshi_mlx.devtools.stand_ins import EchoLmGen, LabelCodec, SimulatedDevices
 from moshi_mlx.stream.filemode import run_frames
 
@@ -121,7 +120,7 @@ def test_simulated_devices_keep_a_steady_clock_and_loop_back():
     signal = noise(30, seed=3)
     devices = RecordingDevices(signal, output_latency_s=0.03)
     devices.choose()
-    assert devices.stats.input.samplerate == SAMPLE_RATE and devices.stats.output.blocksize == FRAME_SIZE
+    assert devices.stats.input.samplerate == SAMPLE_RATE and devices.stats.output.blocksize == FRAME_SIZE // 4
 
     def loop_back():  # what the engine does, without a model: each microphone block straight to the speaker
         while devices.input_stream is not None:
@@ -142,26 +141,27 @@ def test_simulated_devices_keep_a_steady_clock_and_loop_back():
 
     adc = np.array([info.inputBufferAdcTime for info in devices.infos["input"]])
     dac = np.array([info.outputBufferDacTime for info in devices.infos["output"]])
-    np.testing.assert_allclose(np.diff(adc), FRAME_S, atol=1e-9)  # the hardware clock is exact
-    np.testing.assert_allclose(np.diff(dac), FRAME_S, atol=1e-9)
+    block = devices.block_s
+    np.testing.assert_allclose(np.diff(adc), block, atol=1e-9)  # the hardware clock is exact
+    np.testing.assert_allclose(np.diff(dac), block, atol=1e-9)
     # Each callback is called at its block's due time or after (late when the machine is busy), without drift.
-    for times, due in ((stats.input_times, adc + FRAME_S), (stats.output_times, dac - 0.03)):
-        assert len(times) >= 33 and len(times) == len(due)
-        assert abs(np.mean(np.diff(times)) - FRAME_S) < 0.05 * FRAME_S
+    for times, due in ((stats.input_times, adc + block), (stats.output_times, dac - 0.03)):
+        assert len(times) >= 4 * 33 and len(times) == len(due)
+        assert abs(np.mean(np.diff(times)) - block) < 0.05 * block
         late = np.asarray(times) - due
         assert np.all(late > -1e-3) and np.median(late) < 0.03
     behind = np.array([info.currentTime for info in devices.infos["input"]]) - adc
     ahead = dac - np.array([info.currentTime for info in devices.infos["output"]])
-    assert np.all(behind >= FRAME_S) and np.median(behind) < FRAME_S + 0.03  # default input latency: a block
+    assert np.all(behind >= block) and np.median(behind) < block + 0.03  # default input latency: a block
     assert np.all(ahead <= 0.03) and np.median(ahead) > 0.0
     assert devices.signal_adc_time == adc[0]
     assert [t for t, _ in devices.heard] == list(dac)
 
     # The loopback's delay: input latency, whole blocks in the queues, output latency.
     delay = devices.speaker_delay_s()
-    blocks = (delay - FRAME_S - 0.03) / FRAME_S
-    assert abs(blocks - round(blocks)) < 1e-3 and 0 <= round(blocks) <= 3
-    assert stats.played > 25 and stats.received == len(adc)
+    blocks = (delay - block - 0.03) / block
+    assert abs(blocks - round(blocks)) < 1e-3 and 0 <= round(blocks) <= 12
+    assert stats.played > 4 * 25 and stats.received == len(adc) // 4  # the microphone's blocks, as frames
 
 
 def test_speaker_delay_by_correlation():

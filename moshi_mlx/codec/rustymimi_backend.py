@@ -112,6 +112,11 @@ class RustyMimi:
     def renewals(self) -> int:
         return self._encoder.renewals + self._decoder.renewals
 
+    @property
+    def renewing(self) -> list[str]:
+        """The directions ("encoder", "decoder") whose successor is being primed or catching up."""
+        return [s.name for s in (self._encoder, self._decoder) if s.renewing]
+
     def notices(self) -> list[str]:
         lines = []
         while self._notices:

@@ -21,7 +21,7 @@ import numpy as np
 from ..codec import CARDINALITY, FRAME_S, FRAME_SIZE, NUM_CODEBOOKS, SAMPLE_RATE
 from ..model.config import LmConfig
 from ..model.generate import PendingStep, StepOutput
-from ..stream.audio_io import StreamSettings
+from ..stream.audio_io import BLOCKS_PER_FRAME, StreamSettings
 from ..stream.devices import AudioDevices
 
 TEXT_PADDING = 3  # the 7B's text padding token: Moshi says nothing
@@ -227,7 +227,7 @@ def _time_info(adc: float = 0.0, dac: float = 0.0) -> SimpleNamespace:
 
 class SimulatedDevices(AudioDevices):
     """A microphone playing `signal` (mono, at `samplerate`; then silence, or again when `loop`) and a recorded
-    speaker, as blocks of `blocksize` samples (80 ms by default) on a steady clock.
+    speaker, as blocks of `blocksize` samples (20 ms by default, as the real devices) on a steady clock.
 
     Block n of each stream is due at `t0 + n * block` (`time.monotonic()`); its callback gets `time_info` with
     `currentTime` the time of the call, and the stream's hardware times: `inputBufferAdcTime` = due time -
@@ -241,7 +241,7 @@ class SimulatedDevices(AudioDevices):
                  output_latency_s: float | None = None, heard: list | None = None, keep_blocks: int = 1 << 14):
         super().__init__(samplerate=samplerate)
         self.signal = np.zeros(0, np.float32) if signal is None else np.asarray(signal, np.float32).reshape(-1)
-        self.loop, self.blocksize = loop, blocksize or round(samplerate * FRAME_S)
+        self.loop, self.blocksize = loop, blocksize or round(samplerate * FRAME_S) // BLOCKS_PER_FRAME
         self.block_s = self.blocksize / samplerate
         # A block's first sample is captured at least a block before its callback, and played after it.
         self.input_latency_s = self.block_s if input_latency_s is None else input_latency_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,16 @@ def find_device(spec: str | int | None, kind: str) -> int | None:
     return matches[0]["index"]
 
 
+BLOCKS_PER_FRAME = 4  # device blocks of 20 ms
+
+
 @dataclass(frozen=True)
 class StreamSettings:
-    """How a device is opened: one block is always one 80 ms frame, at the device's rate."""
+    """How a device is opened: blocks of a quarter frame (20 ms) at the device's rate.
+
+    Small blocks keep the devices' own buffering short (PortAudio holds about two blocks each way); the input
+    callback gathers them into frames (`AudioDevices`).
+    """
 
     device: int | None
     samplerate: int
@@ -97,7 +105,7 @@ def stream_settings(device: int | None, kind: str, samplerate: int | None = None
     for rate in rates:
         for channels in dict.fromkeys([1, min(available, 2), available]):
             if channels > 0 and _supported(sd, kind, index, rate, channels):
-                return StreamSettings(index, rate, channels, round(FRAME_SIZE * rate / SAMPLE_RATE))
+                return StreamSettings(index, rate, channels, round(FRAME_SIZE * rate / SAMPLE_RATE) // BLOCKS_PER_FRAME)
     raise MoshiError(
         f"audio {kind} device {info['name']!r} accepts neither {SAMPLE_RATE} Hz nor its own "
         f"{info['default_samplerate']:.0f} Hz in float32; choose another with --{kind}-device"
@@ -120,6 +128,18 @@ class StreamResampler:
     def __call__(self, chunk: np.ndarray) -> np.ndarray:
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         return chunk if self._stream is None else self._stream.resample_chunk(chunk)
+
+
+def resampler_hold_back(in_rate: int, block: int, out_rate: int = SAMPLE_RATE) -> int:
+    """The most input samples a streaming resampler keeps back when fed blocks of `block` samples (its filter's
+    look-ahead, and soxr's output comes in bursts): a frame of output may need that many samples past its end."""
+    if in_rate == out_rate:
+        return 0
+    resampler, given, most = StreamResampler(in_rate, out_rate), 0, 0.0
+    for count in range(1, 2 * in_rate // block + 1):  # two seconds
+        given += len(resampler(np.zeros(block, np.float32)))
+        most = max(most, count * block * out_rate / in_rate - given)
+    return math.ceil(most * in_rate / out_rate)
 
 
 class Chunker:

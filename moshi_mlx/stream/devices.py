@@ -1,14 +1,14 @@
 """The sound devices of a live conversation: PortAudio's callbacks, the queues between them and the engine, stats.
 
-The input callback queues each block the microphone captured (`AudioDevices.mic`); the output callback plays the
+The devices run in blocks of a quarter frame (20 ms), which keeps their own buffering short. The input callback
+gathers them and queues a frame's worth as soon as it is complete (`AudioDevices.mic`; the first one longer by the
+most the resampler to 24 kHz keeps back, so that each queued block completes one frame). The output callback plays the
 blocks queued for the speaker (`AudioDevices.play`), silence when there are none, and hands what it played to the
 echo canceller as its reference. The callbacks run on PortAudio's threads: they only move numpy blocks (no
 waiting, no MLX, one small copy). Times are taken to the `time.monotonic()` clock there: each block's ADC or DAC
 time, and for each of Moshi's frames the moment its first sample is handed out (`played`, for the latency).
 
-The speaker's queue holds what smooth playback needs and no more: when it has never run below `spare` blocks over
-the last `TRIM_WINDOW` callbacks (a backlog left by a hiccup), the surplus is dropped (counted), so a late backlog
-does not stay for the rest of the conversation.
+The speaker's queue (`speaker_queue.py`) holds what smooth playback needs and no more.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import queue
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,20 +23,25 @@ from typing import Any
 
 import numpy as np
 
-from ..codec import FRAME_MS, SAMPLE_RATE
+from ..codec import FRAME_MS, FRAME_SIZE, SAMPLE_RATE
 from ..errors import MoshiError
-from .audio_io import Chunker, StreamResampler, StreamSettings, find_device, sounddevice, stream_settings
+from .audio_io import (
+    StreamSettings,
+    find_device,
+    resampler_hold_back,
+    sounddevice,
+    stream_settings,
+)
 from .echo.canceller import EchoCanceller
 from .latency import LatencySummary, to_monotonic
+from .speaker_queue import Played, SpeakerQueue
 
 TIMES_KEPT = 4096  # callback timestamps kept for the stats (about 5 minutes)
-MIC_BLOCKS_KEPT = 64  # input blocks held while the loop is stalled (about 5 s); older ones are dropped
+MIC_BLOCKS_KEPT = 64  # input frames held while the loop is stalled (about 5 s); older ones are dropped
 PLAYOUT_S = 0.5  # on stop, Moshi's queued audio is played for up to this long
-TRIM_WINDOW = 6  # output callbacks (about 0.5 s) over which the speaker queue's surplus is judged
 LATENCY = "low"  # asked of both devices (PortAudio's low-latency suggestion)
 
-MicBlock = tuple[np.ndarray, float, float]  # the device's samples, time.monotonic() at arrival, its ADC time
-Played = tuple[object, float, float, float]  # a frame's tag, its output callback, that block's DAC time, its offset (s)
+MicBlock = tuple[np.ndarray, float, float]  # a frame's device samples, time.monotonic() at arrival, its ADC time
 
 
 @dataclass
@@ -46,14 +50,14 @@ class EngineStats:
 
     input: StreamSettings | None = None
     output: StreamSettings | None = None
-    received: int = 0  # input blocks delivered by the input callback
+    received: int = 0  # input frames delivered by the input callback
     processed: int = 0  # frames run through the model
     dropped: int = 0  # input frames dropped by the lag policy (and those left unprocessed at stop)
     stalled_dropped: int = 0  # of those, dropped by the input callback while the loop was stalled
-    underruns: int = 0  # output blocks played as silence after Moshi started speaking
+    underruns: int = 0  # output blocks (20 ms) played as silence after Moshi started speaking
     output_dropped: int = 0  # Moshi blocks discarded because the speaker queue was over its bound
     output_trimmed: int = 0  # of those, dropped because the queue kept a surplus (a backlog after a hiccup)
-    played: int = 0  # Moshi blocks handed to the speaker
+    played: int = 0  # Moshi blocks handed to the speaker (a frame is `BLOCKS_PER_FRAME` blocks)
     unplayed: int = 0  # Moshi blocks still queued for the speaker when it closed
     input_overflows: int = 0  # PortAudio status flags reported to the callbacks
     output_underflows: int = 0
@@ -71,7 +75,7 @@ class EngineStats:
 
 
 class AudioDevices:
-    """A microphone and a speaker opened as 80 ms blocks, with the queues and counters the engine reads.
+    """A microphone and a speaker opened as 20 ms blocks, with the queues and counters the engine reads.
 
     `choose()` finds the devices and how to open them (nothing opens); `open()` starts both streams;
     `close_input()` then `play_out_and_close()` stop them. `echo`, when set, gets every block the speaker plays.
@@ -83,24 +87,18 @@ class AudioDevices:
         self.stats = EngineStats()
         self.echo: EchoCanceller | None = None
         self.mic: queue.Queue[MicBlock] = queue.Queue(maxsize=MIC_BLOCKS_KEPT)
-        self.speaker: deque[tuple[np.ndarray, int]] = deque()  # device blocks to play, each with its first index
-        self.played: deque[Played] = deque()  # tagged frames whose first sample was handed out (engine drains it)
-        self.spare = 0  # speaker blocks kept beyond the one being played, for a decoder that comes late
+        self.speaker: SpeakerQueue | None = None  # Moshi's voice waiting for the output callback, once chosen
         self.input_stream: Any = None
         self.output_stream: Any = None
         self._in_times: deque[float] = deque(maxlen=TIMES_KEPT)
         self._out_times: deque[float] = deque(maxlen=TIMES_KEPT)
         self._first_input: float | None = None
-        self._speaking = False  # Moshi's first block has been queued
-        self._to_speaker_rate: StreamResampler | None = None
-        self._speaker_blocks: Chunker | None = None
-        self._in_rate = self._out_rate = SAMPLE_RATE  # the devices' rates, once chosen
-        self._speaker_lock = threading.Lock()  # the queue and its tags: the decoder appends, the callback takes
-        self._queued = 0  # samples given to the speaker's resampler so far, at 24 kHz
-        self._blocked = 0  # samples queued as device blocks so far (the next block's first index)
-        self._starts: deque[tuple[int, object]] = deque()  # (device-rate index, tag) of frames not yet handed out
-        self._lowest = 0  # fewest blocks left in the queue over this trim window
-        self._window = 0
+        self._in_rate = SAMPLE_RATE  # the microphone's rate, once chosen
+        self._gathered: list[np.ndarray] = []  # the microphone's blocks of the frame being gathered
+        self._gathered_adc = 0.0  # the ADC time of its first sample
+        self._captured = 0  # the microphone's samples so far
+        self._next_frame_end = 0  # the sample count at which the frame being gathered is complete
+        self._frame_in = FRAME_SIZE  # a frame at the microphone's rate
 
     def choose(self) -> None:
         """Find both devices and the settings they take (`stats.input`, `stats.output`); opens nothing."""
@@ -110,9 +108,10 @@ class AudioDevices:
 
     def _use(self, input_settings: StreamSettings, output_settings: StreamSettings) -> None:
         self.stats.input, self.stats.output = input_settings, output_settings
-        self._in_rate, self._out_rate = input_settings.samplerate, output_settings.samplerate
-        self._to_speaker_rate = StreamResampler(SAMPLE_RATE, self._out_rate)
-        self._speaker_blocks = Chunker(output_settings.blocksize)
+        self._in_rate = input_settings.samplerate
+        self.speaker = SpeakerQueue(output_settings.samplerate, output_settings.blocksize, self.stats)
+        self._frame_in = round(FRAME_SIZE * self._in_rate / SAMPLE_RATE)
+        self._next_frame_end = self._frame_in + resampler_hold_back(self._in_rate, input_settings.blocksize)
 
     def open(self) -> None:
         """Open and start the speaker, then the microphone; MoshiError when a device refuses."""
@@ -149,7 +148,17 @@ class AudioDevices:
         if status.input_overflow:
             self.stats.input_overflows += 1
         adc = to_monotonic(time_info.inputBufferAdcTime, time_info.currentTime, start, start - frames / self._in_rate)
-        block = (indata.copy(), start, adc)
+        if not self._gathered:
+            self._gathered_adc = adc
+        self._gathered.append(indata.copy())
+        self._captured += frames
+        if self._captured >= self._next_frame_end:
+            self._next_frame_end += self._frame_in
+            self._queue_frame((np.concatenate(self._gathered), start, self._gathered_adc))
+            self._gathered = []
+        self.stats.callback_max_ms = max(self.stats.callback_max_ms, (time.thread_time() - cpu) * 1000)
+
+    def _queue_frame(self, block: MicBlock) -> None:
         try:
             self.mic.put_nowait(block)
         except queue.Full:  # the loop is stalled: keep the newest audio
@@ -158,7 +167,6 @@ class AudioDevices:
                 self.stats.stalled_dropped += 1
             self.mic.put_nowait(block)
         self.stats.received += 1
-        self.stats.callback_max_ms = max(self.stats.callback_max_ms, (time.thread_time() - cpu) * 1000)
 
     def _on_output(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         start, cpu = time.monotonic(), time.thread_time()
@@ -166,12 +174,10 @@ class AudioDevices:
         if status.output_underflow:
             self.stats.output_underflows += 1
         dac = to_monotonic(time_info.outputBufferDacTime, time_info.currentTime, start, start)
-        with self._speaker_lock:
-            block = self._take_block(start, dac)
-            self._trim(ran_dry=block is None)
+        block = self.speaker.take(start, dac) if self.speaker is not None else None
         if block is None:
             outdata.fill(0)
-            if self._speaking:
+            if self.speaker is not None and self.speaker.speaking:
                 self.stats.underruns += 1
         else:
             self.stats.played += 1
@@ -184,54 +190,12 @@ class AudioDevices:
             self.echo.add_reference(outdata[:, 0], dac)
         self.stats.callback_max_ms = max(self.stats.callback_max_ms, (time.thread_time() - cpu) * 1000)
 
-    def _take_block(self, callback: float | None, dac: float = 0.0) -> np.ndarray | None:
-        """The next queued block, its frames' starts reported to `played` (dropped unheard when `callback` None)."""
-        if not self.speaker:
-            return None
-        block, first = self.speaker.popleft()
-        end = first + len(block)
-        while self._starts and self._starts[0][0] < end:
-            index, tag = self._starts.popleft()
-            if callback is not None:
-                self.played.append((tag, callback, dac, (index - first) / self._out_rate))
-        return block
-
-    def _trim(self, ran_dry: bool) -> None:
-        """Drop the queue's surplus once it stayed above `spare` blocks for a whole window (one that starts after
-        the queue last ran dry: a stall's burst is judged from its first block on)."""
-        if ran_dry:
-            self._window, self._lowest = 0, 0
-            return
-        self._lowest = min(self._lowest, len(self.speaker)) if self._window else len(self.speaker)
-        self._window += 1
-        if self._window < TRIM_WINDOW:
-            return
-        for _ in range(self._lowest - self.spare):
-            self._take_block(None)
-            self.stats.output_dropped += 1
-            self.stats.output_trimmed += 1
-        self._window, self._lowest = 0, len(self.speaker)
-
     # --- the engine's side ---
 
     def play(self, moshi: np.ndarray, tag: object = None, max_blocks: int | None = None) -> None:
-        """Moshi's 24 kHz samples, resampled to the speaker's rate and queued as its blocks.
-
-        `tag` (e.g. the frame's times) comes back in `played` once the samples' first one is handed out; beyond
-        `max_blocks` queued blocks the oldest are dropped (counted).
-        """
-        assert self._to_speaker_rate is not None and self._speaker_blocks is not None, "choose() the devices first"
-        with self._speaker_lock:
-            if tag is not None:  # the resampler keeps positions: 24 kHz sample n is the device's n * rate / 24000
-                self._starts.append((round(self._queued * self._out_rate / SAMPLE_RATE), tag))
-            self._queued += len(moshi)
-            for block in self._speaker_blocks(self._to_speaker_rate(moshi)):
-                self.speaker.append((block, self._blocked))
-                self._blocked += len(block)
-                self._speaking = True
-            while max_blocks is not None and len(self.speaker) > max_blocks:
-                self._take_block(None)
-                self.stats.output_dropped += 1
+        """Moshi's 24 kHz samples to the speaker's queue (`SpeakerQueue.put`)."""
+        assert self.speaker is not None, "choose() the devices first"
+        self.speaker.put(moshi, tag, max_blocks)
 
     def close_input(self) -> None:
         if self.input_stream is not None:
@@ -241,15 +205,21 @@ class AudioDevices:
         """Let the speaker play what is queued (up to `seconds`), then close it; both streams are then gone."""
         if self.output_stream is not None:
             deadline = time.monotonic() + seconds
-            while self.speaker and self.output_stream.active and time.monotonic() < deadline:
+            while self.speaker and self.output_stream.active and time.monotonic() < deadline:  # (its length)
                 time.sleep(0.01)
             self.output_stream.stop()  # plays what PortAudio already holds (two blocks at most)
             self.output_stream.close()
         self.input_stream = self.output_stream = None
 
+    @property
+    def played(self) -> deque[Played]:
+        """Tagged frames whose first sample the speaker has taken (`SpeakerQueue.played`; the engine drains it)."""
+        assert self.speaker is not None, "choose() the devices first"
+        return self.speaker.played
+
     def count_leftovers(self) -> None:
         """Once closed: Moshi's blocks never played, and the microphone's blocks never processed (as dropped)."""
-        self.stats.unplayed = len(self.speaker)
+        self.stats.unplayed = len(self.speaker) if self.speaker is not None else 0
         while not self.mic.empty():
             self.mic.get_nowait()
             self.stats.dropped += 1

@@ -38,6 +38,7 @@ import numpy as np
 from mlx_lm.generate import wired_limit
 
 from ..errors import MoshiError
+from .audio_io import BLOCKS_PER_FRAME
 from .devices import AudioDevices, EngineStats, MicBlock
 from .echo.canceller import CleanedMicrophone, EchoCanceller, EchoSettings, make_echo_canceller
 from .frame_loop import run_frame_loop
@@ -162,7 +163,7 @@ class Engine:
         if pcm is not None:
             # Moshi's frame made at this step answers the user's frame of the step before at the earliest.
             tag = (self._previous, event.times) if self._previous is not None else None
-            self.devices.play(pcm, tag, max_blocks=self.max_output_backlog)
+            self.devices.play(pcm, tag, max_blocks=self.max_output_backlog * BLOCKS_PER_FRAME)
         self._previous = event.times
         self.outputs(event, frame, pcm)
 
