@@ -31,15 +31,20 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def milliseconds(text: str) -> float:
-    """A duration in ms: a number from 0 to 10000."""
+def _number_within(text: str, largest: float, what: str) -> float:
+    """A finite number from 0 to `largest`; else `text` "is not" `what`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or not 0 <= value <= 10000:
-        raise argparse.ArgumentTypeError(f"{text} is not a duration in ms (0 to 10000)")
+    if not math.isfinite(value) or not 0 <= value <= largest:
+        raise argparse.ArgumentTypeError(f"{text} is not {what}")
     return value
+
+
+def milliseconds(text: str) -> float:
+    """A duration in ms: a number from 0 to 10000."""
+    return _number_within(text, 10000, "a duration in ms (0 to 10000)")
 
 
 def seed(text: str) -> int:
@@ -52,16 +57,8 @@ def seed(text: str) -> int:
 
 def temperature(text: str) -> float:
     """A sampling temperature: a number from 0 (greedy) to MAX_TEMPERATURE."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or not 0 <= value <= MAX_TEMPERATURE:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a temperature (a number from 0 to {MAX_TEMPERATURE:g}; 0 = greedy, 1 = the model's "
-            "own distribution)"
-        )
-    return value
+    return _number_within(text, MAX_TEMPERATURE, f"a temperature (a number from 0 to {MAX_TEMPERATURE:g}; 0 = greedy, "
+                          "1 = the model's own distribution)")
 
 
 def repo_id(text: str) -> str:
