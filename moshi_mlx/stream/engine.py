@@ -2,19 +2,21 @@
 
 A frame's walk, with the thread that does each step and the code that does it:
 
-1. microphone: PortAudio's input callback queues the device's block (`AudioDevices._on_input`, devices.py).
-2. lag policy: the encoder thread takes the next block; when more than `max_backlog` wait behind it, the oldest
+1. microphone: PortAudio's input callback gathers the device's 20 ms blocks and queues each frame's worth as soon
+   as it is complete (`AudioDevices._on_input`, devices.py).
+2. lag policy: the encoder thread takes the next one; when more than `max_backlog` wait behind it, the oldest
    are dropped and counted (`Engine._next_mic_block`).
-3. resample: the block becomes 24 kHz mono frames (`CleanedMicrophone`, echo/canceller.py, encoder thread).
+3. resample: it becomes a 24 kHz mono frame (`CleanedMicrophone`, echo/canceller.py, encoder thread).
 4. echo cancel: Moshi's own voice is taken out of each frame (`EchoCanceller.clean`, when `aec`), the reference
    being what the speaker played (step 8).
 5. encode: Mimi turns the frame into codes (`Pipeline.encode`, encoder thread).
 6. LM: Moshi's step gives a text token and its audio codes (`Pipeline.submit` / `collect`, inference thread).
 7. decode: Mimi turns Moshi's codes into 80 ms of its voice (`Pipeline.decode`, decoder thread).
 8. speaker: Moshi's frame is resampled to the device's rate and queued as device blocks, the oldest dropped beyond
-   `max_output_backlog` (`Engine._play_and_record` -> `AudioDevices.play`, decoder thread); the output callback
-   plays them, silence when Moshi is late (an underrun, counted), and hands what it played to the canceller
-   (`AudioDevices._on_output`). The frame then goes to the recording, the transcript and the UI (`FrameOutputs`).
+   `max_output_backlog` frames and a surplus left by a hiccup trimmed (`Engine._play_and_record` ->
+   `SpeakerQueue.put`, decoder thread); the output callback plays them, silence when Moshi is late (an underrun,
+   counted), and hands what it played to the canceller (`AudioDevices._on_output`). The frame then goes to the
+   recording, the transcript and the UI (`FrameOutputs`).
 
 Each of Moshi's frames is timed from the ADC time of the user's frame it answers to the DAC time of its own first
 sample (mouth-to-ear latency, `latency.py`): `latency`, and `latency_ms` on the events.
