@@ -6,7 +6,8 @@ Tiny random LM, full-size random Mimi (rustymimi, renewed as in a real conversat
 minutes of speech through `run_frames` (pipelined, nothing kept per frame); the live path runs the engine N
 minutes on a private PulseAudio server (`moshi_mlx.devtools.virtual_audio`, Linux) with speech looping into its
 microphone. Both report the resident memory after the warm-up (the first minute) and at the end, its peak, the
-per-frame time in the first and the last minute, Mimi's renewals and the frames dropped to keep up.
+per-frame time in the first and the last minute, Mimi's renewals and the frames dropped to keep up: at each renewal
+(from a successor's start to 2 s after it took over) and per minute away from renewals.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Probe:
             return None
         return 1000 * (stop[1] - start[1]) / (stop[2] - start[2])
 
-    def report(self, name: str, renewals: int, dropped: int, frames: int) -> dict:
+    def report(self, name: str, renewals: int, dropped: int, frames: int, skipped: dict) -> dict:
         self.samples.append((time.monotonic() - self.start, rss_mb()))
         after_warmup = next((mb for s, mb in self.samples if s >= 60), self.samples[-1][1])
         first = statistics.median(cost for _, cost in self.frames[25:]) if len(self.frames) > 25 else float("nan")
@@ -92,7 +93,7 @@ class Probe:
             rss_peak_mb=round(max(mb for _, mb in self.samples), 1),
             peak_first_10min_mb=round(max(early), 1), peak_last_10min_mb=round(max(late), 1),
             frame_ms_first_minute=round(first, 2), frame_ms_last_minute=round(last, 2),
-            drift_pct=round(100 * (last - first) / first, 1),
+            drift_pct=round(100 * (last - first) / first, 1), **skipped,
         )
         # CPU milliseconds per frame (all the process's threads, so what else the machine runs does not count), over
         # the first and the last minute and, renewals being every 2 minutes of audio, the first and the last ten
@@ -113,6 +114,55 @@ class Probe:
         return result
 
 
+class Renewals:
+    """The frames skipped during each of the codec's renewals (overlapping ones as one) and away from them."""
+
+    GRACE_S = 2.0  # a frame the loop fell behind on is skipped a little after the renewal that delayed it
+
+    def __init__(self, codec) -> None:
+        self.codec = codec
+        self.start = time.monotonic()
+        self.windows: list[dict] = []  # what, start_s, seconds, skipped
+        self._end: float | None = None  # the last window's takeover (None while it lasts)
+        self._dropped = 0
+        self.skipped_away = 0
+        self.frame_ms: dict[bool, list[float]] = {True: [], False: []}  # the frame's cost, at renewals or not
+
+    def frame(self, dropped: int, frame_ms: float = 0.0) -> None:
+        now = time.monotonic() - self.start
+        skipped, self._dropped = dropped - self._dropped, dropped
+        renewing = getattr(self.codec, "renewing", [])
+        last = self.windows[-1] if self.windows else None
+        if renewing and (last is None or (self._end is not None and now > self._end + self.GRACE_S)):
+            last = dict(what="+".join(renewing), start_s=round(now, 1), seconds=0.0, skipped=0)
+            self.windows.append(last)
+            self._end = None
+        elif renewing and last is not None:
+            self._end = None
+            last["what"] = "+".join(dict.fromkeys(last["what"].split("+") + renewing))
+        elif last is not None and self._end is None:
+            self._end = now
+            last["seconds"] = round(now - last["start_s"], 1)
+        at_renewal = last is not None and (self._end is None or now <= self._end + self.GRACE_S)
+        if at_renewal:
+            last["skipped"] += skipped
+        else:
+            self.skipped_away += skipped
+        self.frame_ms[at_renewal].append(frame_ms)
+
+    def report(self) -> dict:
+        if self.windows and self._end is None:  # one still in progress
+            self.windows[-1]["seconds"] = round(time.monotonic() - self.start - self.windows[-1]["start_s"], 1)
+        cost = {}
+        for at_renewal, name in ((True, "at_renewals"), (False, "away")):
+            if len(values := sorted(self.frame_ms[at_renewal])) > 10:
+                cost[f"frame_ms_{name}"] = [round(values[len(values) // 2], 1), round(values[len(values) * 9 // 10], 1)]
+        away_min = (time.monotonic() - self.start - sum(w["seconds"] + self.GRACE_S for w in self.windows)) / 60
+        return dict(skipped_at_renewals=[w["skipped"] for w in self.windows], skipped_away=self.skipped_away,
+                    skipped_per_minute_away=round(self.skipped_away / max(away_min, 1e-9), 2),
+                    **cost, renewal_windows=self.windows)
+
+
 def load(model_dir: Path) -> Pipeline:
     return write_tiny_model(model_dir).load_pipeline(seed=0)
 
@@ -127,14 +177,18 @@ def soak_file(minutes: float, directory: Path) -> dict:
     voice, _ = soundfile.read(str(speech(directory)), dtype="float32")
     samples = int(minutes * 60 * SAMPLE_RATE)
     audio = np.tile(voice, samples // len(voice) + 1)[:samples]
-    probe = Probe()
+    probe, renewals = Probe(), Renewals(pipeline.codec)
+
+    def on_event(event) -> None:
+        probe.frame()
+        renewals.frame(event.dropped)
+
     recorder = WavRecorder(directory / "out.wav", stereo=True)
     transcript = TranscriptWriter(directory / "out.txt")
-    result = run_frames(pipeline, audio, on_event=lambda e: probe.frame(), recorder=recorder,
-                        transcript=transcript, keep=False)
+    result = run_frames(pipeline, audio, on_event=on_event, recorder=recorder, transcript=transcript, keep=False)
     recorder.close()
     transcript.close()
-    report = probe.report("file", pipeline.codec.renewals, 0, result.frames)
+    report = probe.report("file", pipeline.codec.renewals, 0, result.frames, renewals.report())
     pipeline.close()
     return report
 
@@ -145,8 +199,13 @@ def soak_live(minutes: float, directory: Path) -> dict:
     reinitialise_portaudio()
     pipeline = load(directory)
     wav = speech(directory)
-    probe = Probe()
+    probe, renewals = Probe(), Renewals(pipeline.codec)
     stop = threading.Event()
+
+    def on_event(event) -> None:
+        probe.frame(event.frame_ms)
+        renewals.frame(event.dropped, event.frame_ms)
+
 
     def talk() -> None:
         while not stop.is_set():
@@ -155,7 +214,7 @@ def soak_live(minutes: float, directory: Path) -> dict:
                 time.sleep(0.2)
             player.terminate()
 
-    engine = Engine(pipeline, on_event=lambda e: probe.frame(e.frame_ms),
+    engine = Engine(pipeline, on_event=on_event,
                     recorder=WavRecorder(directory / "live.wav", stereo=True),
                     transcript=TranscriptWriter(directory / "live.txt"))
     talker = threading.Thread(target=talk, daemon=True)
@@ -167,7 +226,7 @@ def soak_live(minutes: float, directory: Path) -> dict:
     finally:
         stop.set()
         server.stop()
-    report = probe.report("live", pipeline.codec.renewals, stats.dropped, stats.processed)
+    report = probe.report("live", pipeline.codec.renewals, stats.dropped, stats.processed, renewals.report())
     pipeline.close()
     return report
 
