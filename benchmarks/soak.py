@@ -7,7 +7,8 @@ minutes of speech through `run_frames` (pipelined, nothing kept per frame); the 
 minutes on a private PulseAudio server (`moshi_mlx.devtools.virtual_audio`, Linux) with speech looping into its
 microphone. Both report the resident memory after the warm-up (the first minute) and at the end, its peak, the
 per-frame time in the first and the last minute, Mimi's renewals and the frames dropped to keep up: at each renewal
-(from a successor's start to 2 s after it took over) and per minute away from renewals.
+(from a successor's start to 2 s after it took over) and per minute away from renewals. The live path also reports
+the mouth-to-ear latency and its drift: the medians of the first and the last ten minutes.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ def soak_live(minutes: float, directory: Path) -> dict:
         probe.frame(event.frame_ms)
         renewals.frame(event.dropped, event.frame_ms)
 
+    latencies: list[tuple[float, float]] = []  # (monotonic time, ms) of every frame that reached the speaker
 
     def talk() -> None:
         while not stop.is_set():
@@ -218,6 +220,7 @@ def soak_live(minutes: float, directory: Path) -> dict:
                     recorder=WavRecorder(directory / "live.wav", stereo=True),
                     transcript=TranscriptWriter(directory / "live.txt"))
     talker = threading.Thread(target=talk, daemon=True)
+    engine.latency.on_sample = lambda sample: latencies.append((sample.at, sample.total_ms))
     try:
         with engine:
             talker.start()
@@ -227,8 +230,27 @@ def soak_live(minutes: float, directory: Path) -> dict:
         stop.set()
         server.stop()
     report = probe.report("live", pipeline.codec.renewals, stats.dropped, stats.processed, renewals.report())
+    report.update(latency_report(latencies, stats))
+    print(json.dumps({key: value for key, value in report.items() if key.startswith("latency")}), flush=True)
     pipeline.close()
     return report
+
+
+def latency_report(latencies: list[tuple[float, float]], stats) -> dict:
+    """Mouth-to-ear latency: median, p90, max, its parts, and the medians of the first and the last ten minutes
+    (of the first and the last half when shorter) with their difference: the drift."""
+    if not latencies:
+        return {"latency_frames": 0}
+    at, ms = np.array(latencies).T
+    span = min(600.0, (at[-1] - at[0]) / 2)
+    first, last = np.median(ms[at <= at[0] + span]), np.median(ms[at >= at[-1] - span])
+    return dict(
+        latency_frames=len(ms), latency_median_ms=round(float(np.median(ms)), 1),
+        latency_p90_ms=round(float(np.percentile(ms, 90)), 1), latency_max_ms=round(float(ms.max()), 1),
+        latency_parts_ms=stats.latency.parts_ms, latency_window_min=round(span / 60, 1),
+        latency_first_ms=round(float(first), 1), latency_last_ms=round(float(last), 1),
+        latency_drift_ms=round(float(last - first), 1),
+    )
 
 
 def main() -> None:
