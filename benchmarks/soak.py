@@ -207,7 +207,7 @@ def soak_live(minutes: float, directory: Path) -> dict:
         probe.frame(event.frame_ms)
         renewals.frame(event.dropped, event.frame_ms)
 
-    latencies: list[tuple[float, float]] = []  # (monotonic time, ms) of every frame that reached the speaker
+    latencies: list = []  # the LatencySample of every frame that reached the speaker
 
     def talk() -> None:
         while not stop.is_set():
@@ -220,7 +220,7 @@ def soak_live(minutes: float, directory: Path) -> dict:
                     recorder=WavRecorder(directory / "live.wav", stereo=True),
                     transcript=TranscriptWriter(directory / "live.txt"))
     talker = threading.Thread(target=talk, daemon=True)
-    engine.latency.on_sample = lambda sample: latencies.append((sample.at, sample.total_ms))
+    engine.latency.on_sample = latencies.append
     try:
         with engine:
             talker.start()
@@ -236,20 +236,27 @@ def soak_live(minutes: float, directory: Path) -> dict:
     return report
 
 
-def latency_report(latencies: list[tuple[float, float]], stats) -> dict:
+def latency_report(latencies: list, stats) -> dict:
     """Mouth-to-ear latency: median, p90, max, its parts, and the medians of the first and the last ten minutes
-    (of the first and the last half when shorter) with their difference: the drift."""
+    (of the first and the last half when shorter), with each part's, and their difference: the drift."""
     if not latencies:
         return {"latency_frames": 0}
-    at, ms = np.array(latencies).T
+    at = np.array([sample.at for sample in latencies])
+    ms = np.array([sample.total_ms for sample in latencies])
     span = min(600.0, (at[-1] - at[0]) / 2)
-    first, last = np.median(ms[at <= at[0] + span]), np.median(ms[at >= at[-1] - span])
+    first, last = at <= at[0] + span, at >= at[-1] - span
+
+    def parts(window: np.ndarray) -> dict[str, float]:
+        chosen = [sample for sample, inside in zip(latencies, window, strict=True) if inside]
+        return {name: round(float(np.median([s.parts[name] for s in chosen])), 1) for name in chosen[0].parts}
+
     return dict(
         latency_frames=len(ms), latency_median_ms=round(float(np.median(ms)), 1),
         latency_p90_ms=round(float(np.percentile(ms, 90)), 1), latency_max_ms=round(float(ms.max()), 1),
         latency_parts_ms=stats.latency.parts_ms, latency_window_min=round(span / 60, 1),
-        latency_first_ms=round(float(first), 1), latency_last_ms=round(float(last), 1),
-        latency_drift_ms=round(float(last - first), 1),
+        latency_first_ms=round(float(np.median(ms[first])), 1), latency_last_ms=round(float(np.median(ms[last])), 1),
+        latency_drift_ms=round(float(np.median(ms[last]) - np.median(ms[first])), 1),
+        latency_parts_first_ms=parts(first), latency_parts_last_ms=parts(last),
     )
 
 
