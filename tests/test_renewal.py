@@ -47,6 +47,19 @@ def reference(inputs: list[int], window: int) -> list[int]:
     return [stream(x) for x in inputs]
 
 
+def streams_made(window: int, limit: int, successor_delay_s: float, first_delay_s: float = 0.0):
+    """A `start` for `RenewingStream` whose first stream takes `first_delay_s` a frame and its successors
+    `successor_delay_s`, and the list of the streams it made."""
+    made: list[WindowedStream] = []
+
+    def start() -> WindowedStream:
+        made.append(WindowedStream(window=window, limit=limit,
+                                   delay_s=successor_delay_s if made else first_delay_s))
+        return made[-1]
+
+    return made, start
+
+
 @pytest.fixture(autouse=True)
 def forget_streams():
     WindowedStream.made.clear()
@@ -215,11 +228,7 @@ def test_a_stream_renews_without_the_slot_before_its_limit():
 def test_a_successor_slower_than_the_old_stream_still_catches_up_before_the_limit():
     """A successor sharing the cores runs slower than the stream it follows: once its own time is over, the caller
     waits for it at every frame until it has caught up (else it would stay behind until the old stream's limit)."""
-    made = []
-
-    def start():
-        made.append(WindowedStream(window=3, limit=400, delay_s=0.002 if made else 0.0005))
-        return made[-1]
+    made, start = streams_made(3, 400, 0.002, 0.0005)
 
     renewing = RenewingStream("encoder", start, limit=400, renew_every=100, prime_frames=20)
     inputs = list(range(1, 901))
@@ -256,11 +265,7 @@ def test_on_a_mac_the_primer_asks_for_the_threads_background_band(monkeypatch):
 def test_the_caller_does_not_wait_for_a_successor_in_its_own_time():
     """Half a period from its start, a successor that is far behind does not hold the caller up: live, that wait
     is a skipped frame. Only then does the caller make it gain on the old stream."""
-    made = []
-
-    def start():
-        made.append(WindowedStream(window=3, limit=1000, delay_s=0.005 if made else 0.0))
-        return made[-1]
+    made, start = streams_made(3, 1000, 0.005)
 
     renewing = RenewingStream("encoder", start, limit=1000, renew_every=200, prime_frames=20)
     inputs = list(range(1, 701))
@@ -274,11 +279,7 @@ def test_the_caller_does_not_wait_for_a_successor_in_its_own_time():
 
 def test_a_successor_with_cores_to_spare_never_makes_a_paced_caller_wait():
     """Live: frames come in real time and the successor, faster than that, is ready by itself."""
-    made = []
-
-    def start():
-        made.append(WindowedStream(window=3, limit=400, delay_s=0.0005 if made else 0.0))
-        return made[-1]
+    made, start = streams_made(3, 400, 0.0005)
 
     renewing = RenewingStream("decoder", start, limit=400, renew_every=100, prime_frames=20)
     inputs = list(range(1, 501))
