@@ -257,6 +257,7 @@ def latency_report(latencies: list, stats) -> dict:
         latency_first_ms=round(float(np.median(ms[first])), 1), latency_last_ms=round(float(np.median(ms[last])), 1),
         latency_drift_ms=round(float(np.median(ms[last]) - np.median(ms[first])), 1),
         latency_parts_first_ms=parts(first), latency_parts_last_ms=parts(last),
+        underruns=stats.underruns, output_trimmed=stats.output_trimmed,
     )
 
 

@@ -20,6 +20,7 @@ from moshi_mlx.stream.latency import (
     measure,
     to_monotonic,
 )
+from moshi_mlx.stream.speaker_queue import SpeakerQueue
 
 
 def test_to_monotonic_moves_stream_times_to_the_callbacks_clock():
@@ -128,3 +129,26 @@ def test_a_queue_that_runs_dry_now_and_then_is_not_trimmed():
             devices.play(np.zeros(FRAME_SIZE, np.float32), tag=-i)
         _callback(devices, 50.0 + i * FRAME_S)
     assert devices.stats.output_trimmed == 0
+
+
+def test_the_spare_covers_the_decoders_jitter_and_ignores_a_stall():
+    """Arrivals every 80 ms, every tenth 35 ms late: two 20 ms blocks cover it; a 1 s stall is not jitter."""
+    speaker = SpeakerQueue(24000, 480, SimpleNamespace(output_dropped=0, output_trimmed=0))
+    frame, now = np.zeros(FRAME_SIZE, np.float32), 100.0
+    for i in range(200):
+        now += FRAME_S + (0.035 if i % 10 == 5 else 0.0) - (0.035 if i % 10 == 6 else 0.0)
+        speaker.put(frame, now=now)
+    assert speaker.spare == 2
+    speaker.put(frame, now=now + 1.0)
+    assert speaker.spare == 2
+
+
+def test_the_spare_holds_still_while_the_jitter_does():
+    """The same random jitter for a long while: the spare settles and then does not wander."""
+    speaker = SpeakerQueue(24000, 480, SimpleNamespace(output_dropped=0, output_trimmed=0))
+    frame, spares = np.zeros(FRAME_SIZE, np.float32), []
+    lateness = np.random.default_rng(0).exponential(0.008, 3000)
+    for i, late in enumerate(lateness):
+        speaker.put(frame, now=100.0 + i * FRAME_S + late)
+        spares.append(speaker.spare)
+    assert len(set(spares[1000:])) == 1 and 1 <= spares[-1] <= 3

@@ -2,14 +2,19 @@
 
 The queue holds what smooth playback needs and no more: when it has never run below `spare` blocks over the last
 `TRIM_WINDOW_S` (a backlog left by a hiccup), the surplus is dropped (counted), so a late backlog does not stay for
-the rest of the conversation. `spare` follows the decoder's jitter: a short underrun (a frame a little late, not a
-stall) keeps one more block, up to `MAX_SPARE`; `RELAX_S` without one gives a block back. Each frame's first
-sample is followed through the resampling, so that the callback can say when it was handed out (`played`).
+the rest of the conversation. `spare` covers the decoder's jitter: a frame's lateness against the one before it
+(its arrival interval beyond the frame's duration), at the `JITTER_QUANTILE` of the last `JITTER_HISTORY_S`, in
+blocks rounded to the nearest (the output callback's phase against the arrivals absorbs half a block) and held
+still within a dead band, up to `MAX_SPARE`. It is measured on arrivals, not on underruns, so it does not wander as
+the queue's level does; an interval longer than a stall's bound is a stall, not jitter, and is left out. Each frame's
+first sample is followed through the resampling, so that the callback can say when it was handed out (`played`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -19,9 +24,11 @@ from ..codec import SAMPLE_RATE
 from .audio_io import Chunker, StreamResampler
 
 TRIM_WINDOW_S = 0.5  # the queue's surplus is judged over this long
-JITTER_BLOCKS = 4  # an underrun this short is the decoder's jitter (a longer one is a stall)
+JITTER_HISTORY_S = 30.0  # the decoder's jitter is judged over this long
+JITTER_QUANTILE = 0.98  # the spare covers all but this rare a lateness
+STALL_S = 0.08  # an arrival later than this against the frame before is a stall, not jitter
 MAX_SPARE = 4  # blocks kept for jitter at most
-RELAX_S = 10.0  # a spare block is given back after this long without a short underrun
+SPARE_DEAD_BAND = 0.75  # blocks: the spare changes when the jitter moves this far from it
 
 Played = tuple[object, float, float, float]  # a frame's tag, its output callback, that block's DAC time, its offset (s)
 
@@ -39,7 +46,7 @@ class SpeakerQueue:
         self.spare = 0  # blocks kept for a decoder that comes late
         self.speaking = False  # Moshi's first block has been queued
         self.trim_window = max(1, round(TRIM_WINDOW_S * rate / blocksize))  # in callbacks
-        self._relax = max(1, round(RELAX_S * rate / blocksize))
+        self._block_s = blocksize / rate
         self._resample = StreamResampler(SAMPLE_RATE, rate)
         self._chunk = Chunker(blocksize)
         self._lock = threading.Lock()
@@ -48,17 +55,22 @@ class SpeakerQueue:
         self._starts: deque[tuple[int, object]] = deque()  # (index, tag) of frames not yet handed out
         self._lowest = 0  # fewest blocks left over this trim window
         self._window = 0  # callbacks into it
-        self._dry = 0  # callbacks in a row without a block to play (Moshi speaking)
-        self._calm = 0  # callbacks since the last short underrun
+        self._arrival: float | None = None  # when the last put came (monotonic)
+        self._duration = 0.0  # how long its samples last (s)
+        self._lateness: deque[float] = deque()  # each arrival's interval beyond the one before's duration (s)
 
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def put(self, moshi: np.ndarray, tag: object = None, max_blocks: int | None = None) -> None:
+    def put(
+        self, moshi: np.ndarray, tag: object = None, max_blocks: int | None = None, now: float | None = None
+    ) -> None:
         """Moshi's 24 kHz samples, resampled and queued as blocks; beyond `max_blocks` the oldest are dropped.
 
-        `tag` (e.g. the frame's times) comes back in `played` once the samples' first one is handed out.
+        `tag` (e.g. the frame's times) comes back in `played` once the samples' first one is handed out; `now`
+        (monotonic, default the clock's) is when they came, for the jitter that sizes `spare`.
         """
+        self._note_arrival(time.monotonic() if now is None else now, len(moshi) / SAMPLE_RATE)
         with self._lock:
             if tag is not None:  # the resampler keeps positions: 24 kHz sample n is the device's n * rate / 24000
                 self._starts.append((round(self._queued * self.rate / SAMPLE_RATE), tag))
@@ -69,6 +81,20 @@ class SpeakerQueue:
                 self.speaking = True
             while max_blocks is not None and len(self.blocks) > max_blocks:
                 self._drop()
+
+    def _note_arrival(self, now: float, duration: float) -> None:
+        """The decoder thread's side: this arrival's lateness against the one before, and `spare` from it."""
+        if self._arrival is not None:
+            late = now - self._arrival - self._duration
+            if late <= STALL_S:
+                self._lateness.append(max(late, 0.0))
+                if len(self._lateness) > JITTER_HISTORY_S / self._duration:
+                    self._lateness.popleft()
+                jitter = float(np.quantile(np.fromiter(self._lateness, float), JITTER_QUANTILE))
+                blocks = jitter / self._block_s
+                if abs(blocks - self.spare) > SPARE_DEAD_BAND:  # a jitter near a block's edge keeps it still
+                    self.spare = min(math.floor(blocks + 0.5), MAX_SPARE)
+        self._arrival, self._duration = now, duration
 
     def take(self, callback: float, dac: float) -> np.ndarray | None:
         """The next block for the output callback (None: nothing to play), at `callback` (monotonic) for `dac`."""
@@ -95,14 +121,7 @@ class SpeakerQueue:
         it last ran dry: a stall's burst is judged from its first block on)."""
         if ran_dry:
             self._window, self._lowest = 0, 0
-            self._dry += self.speaking
             return
-        if 0 < self._dry <= JITTER_BLOCKS:
-            self.spare, self._calm = min(self.spare + 1, MAX_SPARE), 0
-        self._dry = 0
-        self._calm += 1
-        if self._calm >= self._relax and self.spare:
-            self.spare, self._calm = self.spare - 1, 0
         self._lowest = min(self._lowest, len(self.blocks)) if self._window else len(self.blocks)
         self._window += 1
         if self._window < self.trim_window:
