@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
         "built in memory; per-stage milliseconds, operations and host syncs per frame, peak memory, the "
         "real-time factor of the frame loop and a verdict.",
     )
-    parser.add_argument("--model", choices=list(MODELS), default="7b",
-                        help="7b (Moshi), or small / tiny (the 7B's structure, narrower and shallower)")
-    parser.add_argument("-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default="4",
-                        help="weights precision (default 4)")
+    parser.add_argument("--model", choices=[*MODELS, "stt-1b", "stt-2.6b", "tts-1.6b", "tts-tiny"], default="7b",
+                        help="7b (Moshi), small / tiny (the 7B's structure, narrower and shallower), or Kyutai's "
+                        "speech-to-text stt-1b / stt-2.6b (`moshi-mlx transcribe`)")
+    parser.add_argument("-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default=None,
+                        help="weights precision (default 4; bf16 for stt-*)")
     parser.add_argument("--frames", type=int, default=50, help="frames per pass (80 ms each; default 50)")
     parser.add_argument("--trace", default=None, help="write a Chrome / Perfetto trace (JSON) of the stages")
     parser.add_argument("--mimi", choices=BACKENDS, default="auto",
@@ -156,6 +157,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("argument --frames: at least 2 (Moshi's first audio comes at the second frame)")
+    if args.model.startswith("tts-"):  # Kyutai's TTS (`moshi-mlx say`)
+        from .bench_tts import bench_tts
+
+        return bench_tts(args)
+    if args.model.startswith("stt-"):
+        from .bench_stt import bench_stt
+
+        if args.trace is not None:
+            parser.error("--trace is for Moshi's stages; leave it out with --model stt-*")
+        args.quant = args.quant or "bf16"
+        return bench_stt(args)
+    args.quant = args.quant or "4"
     if args.trace is not None:
         from .parser import check_outputs
 

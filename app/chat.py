@@ -31,6 +31,15 @@ from .model_args import (
     resolve_files,
 )
 from .parser import Parser, non_negative_int
+from .persona_args import (
+    add_persona_args,
+    check_request,
+    make_persona,
+    note_licence,
+    prefill_progress,
+    read_request,
+    settle_model,
+)
 from .transcript import Transcript
 from .ui import ChatView, PlainOutput, clock
 
@@ -56,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain", action="store_true", help="plain lines instead of the live screen "
                         "(the default when stdout is not a terminal)")
     add_model_args(parser)
+    add_persona_args(parser)
     add_sampling_args(parser)
     return parser.parse_args(argv)
 
@@ -79,7 +89,8 @@ def model_label(args: argparse.Namespace, files: hub.ModelFiles, pipeline: Pipel
     quant = summarize_quantization(pipeline.gen.lm.quantization)
     if args.moshi_weights is not None:
         return f"{Path(args.moshi_weights).name} {quant}"
-    name = args.voice if args.hf_repo is None else files.repo
+    name = (args.model if args.model not in (None, "moshi") else (args.voice or "moshiko") if args.hf_repo is None
+            else files.repo)
     return f"{name} {quant}"
 
 
@@ -135,26 +146,36 @@ def main(argv: list[str] | None = None) -> None:
     # The quick checks first: devices, memory, files; then the slow loading.
     input_device = find_device(args.input_device, "input")
     output_device = find_device(args.output_device, "output")
+    request = read_request(args)
+    known = settle_model(args)
+    request = check_request(args, request, known)
     files = choose_model(args, say)
     choose_backend(args.mimi)  # --mimi rust without rustymimi fails here, before the files are read
     check_outputs(outputs, model_inputs(args, files))
     check_model_files(files)
+    persona = make_persona(args, request, files, known)
+    note_licence(known)
     pipeline = load_files(args, files, nullcontext() if plain else say.status("Loading Moshi...", spinner="dots"))
+    pipeline.persona = persona
     # The outputs are opened only now: a model that fails to load leaves an existing transcript or recording.
     transcript = Transcript(args.transcript)
     recorder = WavRecorder(args.record, stereo=True) if args.record else None
     failure: Exception | None = None
     try:
-        view = ChatView(model_label(args, files, pipeline), transcript)
+        view = ChatView(model_label(args, files, pipeline), transcript,
+                        persona.describe(width=400) if persona else None)  # the screen's width cuts it
         output = None
         engine = Engine(pipeline, input_device, output_device, max_backlog=args.max_backlog,
                         on_event=view.on_event, recorder=recorder, aec=args.aec == "on")
         try:
-            with nullcontext() if plain else say.status("Warming up...", spinner="dots"):
+            with nullcontext() if plain else say.status("Warming up...", spinner="dots") as status:
+                engine.on_prefill = prefill_progress(status)
                 engine.start()
             view.start()
+            if engine.prefill_report is not None:
+                say.print(engine.prefill_report.describe())
             say.print(devices_line(engine.stats()))
-            say.print(f"Talking to Moshi ({view.model}). Ctrl-C to stop.")
+            say.print(f"Talking to {'PersonaPlex' if persona else 'Moshi'} ({view.model}). Ctrl-C to stop.")
             output = PlainOutput(view, sys.stdout) if plain else None
             converse(engine, view, output, console)
         finally:

@@ -34,6 +34,13 @@ FILE_ROLES: dict[str, str] = {
     "input_device": NOT_A_FILE,
     "output_device": NOT_A_FILE,
     "simulate_echo": NOT_A_FILE,  # DELAY_MS[:GAIN_DB]
+    "persona": NOT_A_FILE,  # the role's text
+    "persona_file": INPUT,
+    "voice_prompt": INPUT,  # an audio file or a PersonaPlex .pt voice
+    "file": INPUT,  # say's text file
+    "text": NOT_A_FILE,  # say's text
+    "voice": NOT_A_FILE,  # say's voice: a name in the voices repo (a local voice file is checked by say itself)
+    "voice_repo": NOT_A_FILE,
 }
 
 PathLike = str | os.PathLike

@@ -8,7 +8,10 @@ import sys
 
 SUBCOMMANDS = {
     "chat": "Talk with Moshi live (the default).",
+    "serve": "Serve Moshi to a browser or Kyutai's clients (Kyutai's websocket protocol).",
     "run": "Run Moshi over a WAV file: its voice and transcript out.",
+    "say": "Read text aloud with Kyutai's TTS, spoken as it is generated.",
+    "transcribe": "Speech to text (Kyutai's STT) from an audio file, or live from the microphone.",
     "devices": "List audio input and output devices.",
     "download": "Fetch a model's files for offline use.",
     "quantize": "Quantize Kyutai's bf16 weights to 4 or 8 bits.",

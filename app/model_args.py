@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from moshi_mlx import Pipeline, hub
+from moshi_mlx import Pipeline, catalog, hub
 from moshi_mlx.codec import BACKENDS, choose_backend
 from moshi_mlx.model.text import check_vocabulary
 from moshi_mlx.model.weights import summarize_quantization
@@ -17,13 +17,20 @@ from moshi_mlx.stream.pipeline import load_text_tokenizer
 
 from .memory import check_fits, choose_quant
 from .parser import repo_id, seed, temperature
+from .persona_args import persona_inputs, settle_model, voice_name
 
 DTYPES = {"bf16": mx.bfloat16, "float32": mx.float32}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--voice", choices=hub.VOICES, default="moshiko", help="moshiko (male) or moshika (female)")
+    group.add_argument("--model", choices=catalog.MODEL_NAMES, default=None,
+                       help="a published model by name: moshi (Kyutai's, the default; --voice picks it), moshika-rl "
+                       "(Kyutai's RL-tuned Moshika), personaplex (NVIDIA's PersonaPlex: a role and a voice prompt), "
+                       "personaplex-rl (Kyutai's RL-tuned PersonaPlex)")
+    group.add_argument("--voice", type=voice_name, default=None, metavar="NAME",
+                       help="moshiko (male, the default) or moshika (female) for Moshi; for PersonaPlex one of its "
+                       "voices (NATF0-3, NATM0-3, VARF0-4, VARM0-4; default NATF2)")
     group.add_argument(
         "-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default=None,
         help="weights precision (default: the one --hf-repo holds, else the best that fits this machine's memory)",
@@ -60,6 +67,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
     """The model files the options name: local paths win, the rest from the Hugging Face repo (or its cache)."""
+    settle_model(args)  # --model NAME -> its repo and precision
     local = args.moshi_weights and args.mimi_weights and args.tokenizer
     if args.quant:
         quant = hub.normalize_quant(args.quant)
@@ -70,7 +78,7 @@ def resolve_files(args: argparse.Namespace) -> hub.ModelFiles:
     if args.moshi_weights is None:
         check_fits(quant)  # before anything is downloaded
     files = hub.resolve_files(
-        hf_repo=args.hf_repo, voice=args.voice, quant=quant, moshi_weights=args.moshi_weights,
+        hf_repo=args.hf_repo, voice=args.voice or "moshiko", quant=quant, moshi_weights=args.moshi_weights,
         mimi_weights=args.mimi_weights, tokenizer=args.tokenizer, config=args.config,
     )
     check_fits(files.quant, files.moshi_weights)
@@ -81,7 +89,7 @@ def model_inputs(args: argparse.Namespace, files: hub.ModelFiles | None = None) 
     """The files the model options read (by option, then as resolved from the hub), for `check_outputs`."""
     inputs: dict[str, str | Path | None] = {
         "--moshi-weights": args.moshi_weights, "--mimi-weights": args.mimi_weights, "--tokenizer": args.tokenizer,
-        "--config": args.config,
+        "--config": args.config, **persona_inputs(args),
     }
     if files is not None:
         inputs.update({"the Moshi weights": files.moshi_weights, "the Mimi weights": files.mimi_weights,

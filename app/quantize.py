@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from rich.progress import (
 
 from moshi_mlx import FRAME_SIZE, LmConfig, MoshiError, hub, read_mono_24k
 from moshi_mlx.devtools.process_memory import peak_rss_bytes
+from moshi_mlx.model.persona_layout import checkpoint_preset, is_model_config
 
 from .checks import check_output_folder, check_outputs
 from .interrupt import interrupt_on_termination
@@ -197,12 +199,24 @@ def resolve_input(spec: str, config: str | None) -> tuple[Path, LmConfig, Path |
         raise MoshiError(f"input not found: {spec} (a .safetensors file, a folder, or a Hugging Face repo)")
     if config is not None:
         return weights, LmConfig.from_json(hub._local(config, "model config")), Path(config)
-    if repo_config:
+    if is_model_config(repo_config):
         return weights, LmConfig.from_dict(repo_config), None
-    sibling = weights.parent / "config.json"
-    if sibling.is_file():
+    sibling = _sibling_config(weights)
+    if sibling is not None:
         return weights, LmConfig.from_json(sibling), sibling
-    return weights, LmConfig.moshi_7b(), None
+    # No model config (NVIDIA's PersonaPlex repos ship a config.json that is not one): the tensors tell.
+    return weights, checkpoint_preset(weights), None
+
+
+def _sibling_config(weights: Path) -> Path | None:
+    """The config.json beside the weights, unless there is none or it is not a model config."""
+    sibling = weights.parent / "config.json"
+    try:
+        return sibling if is_model_config(json.loads(sibling.read_text())) else None
+    except ValueError:
+        return sibling  # not JSON: LmConfig.from_json says so in one line
+    except OSError:
+        return None
 
 
 def quantize(weights: Path, output: Path, config: LmConfig, plan: dict, console: Console) -> Path:

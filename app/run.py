@@ -23,6 +23,15 @@ from .model_args import (
     resolve_files,
 )
 from .parser import Parser
+from .persona_args import (
+    add_persona_args,
+    check_request,
+    feed_persona,
+    make_persona,
+    note_licence,
+    read_request,
+    settle_model,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="say the compute-and-queue part of the latency (what a file can measure: a live "
                         "conversation adds the model's 160 ms and the devices' buffering)")
     add_model_args(parser)
+    add_persona_args(parser)
     add_sampling_args(parser)
     args = parser.parse_args(argv)
 
@@ -55,10 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     audio = read_mono_24k(args.input)
     outputs = {"--out": args.out, "--transcript": args.transcript}
     check_outputs(outputs, model_inputs(args), source=args.input)
+    request = check_request(args, read_request(args), known := settle_model(args))
     files = resolve_files(args)
     check_outputs(outputs, model_inputs(args, files), source=args.input)
     check_model_files(files)
+    persona = make_persona(args, request, files, known)
+    note_licence(known)
     pipeline = load_files(args, files)
+    feed_persona(pipeline, persona)
 
     frames_done, printed = 0, False
     latency = LatencyMeter()

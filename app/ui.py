@@ -40,8 +40,9 @@ def decibels(level: float, floor: float = -60.0) -> float:
 class ChatView:
     """The state of a conversation for display, updated once per frame by `on_event`."""
 
-    def __init__(self, model: str, transcript: Transcript, max_segments: int = 400):
+    def __init__(self, model: str, transcript: Transcript, persona: str | None = None, max_segments: int = 400):
         self.model = model
+        self.persona = persona  # the role and voice the model was given (PersonaPlex), for the header
         self.transcript = transcript
         self.started = time.monotonic()
         self.frames = 0
@@ -172,9 +173,12 @@ class ChatView:
         levels.append("   moshi ", style="bold")
         levels.append_text(meter(last.output_level if last else 0.0))
         levels.append("   Ctrl-C to stop", style="dim")
-        below = len(status.wrap(console, width)) + len(levels.wrap(console, width)) + 1
+        header = Text(f"persona: {self.persona}", style="bold cyan", no_wrap=True, overflow="ellipsis") \
+            if self.persona else None
+        below = len(status.wrap(console, width)) + len(levels.wrap(console, width)) + 1 + (header is not None)
         lines = list(words.wrap(console, width))[-max(3, height - below) :]
-        return Group(Text("\n").join(lines), Text(""), levels, status)
+        body = Group(Text("\n").join(lines), Text(""), levels, status)
+        return Group(header, body) if header is not None else body
 
 
 def pack(fields: list[tuple[str, str]], width: int) -> Text:

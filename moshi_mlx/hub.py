@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
@@ -16,8 +17,10 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import get_session, validate_repo_id
 
+from . import catalog
 from .errors import MoshiError, first_line
 from .model.config import LmConfig
+from .model.persona_layout import checkpoint_preset, config_from_checkpoint, is_model_config
 
 VOICES = ("moshiko", "moshika")
 QUANTS = ("q4", "q8", "bf16")
@@ -58,10 +61,35 @@ def default_repo(voice: str = "moshiko", quant: str | int = "q4") -> str:
     return f"kyutai/{voice}-mlx-{normalize_quant(quant)}"
 
 
+# Kyutai's speech-to-text models (`--model`): the MLX repo (Kyutai's MLX names, bf16), and the repo whose weights
+# carry the voice-activity heads (Kyutai's PyTorch names; Kyutai's own scripts switch to it for --vad). Each repo's
+# config.json names its files (moshi_name, mimi_name, tokenizer_name): model.safetensors,
+# mimi-pytorch-e351c8d8@125.safetensors, tokenizer_en_fr_audio_8000.model (1B) / tokenizer_en_audio_4000.model.
+STT_MODELS = {
+    "stt-1b": ("kyutai/stt-1b-en_fr-mlx", "kyutai/stt-1b-en_fr-candle"),
+    "stt-2.6b": ("kyutai/stt-2.6b-en-mlx", None),
+}
+
+
+def stt_repo(model: str, quant: str | int = "bf16", vad: bool = False) -> str:
+    """Kyutai's repo for `--model stt-1b|stt-2.6b`: bf16 only (Kyutai publishes no q4/q8 STT weights); `vad` asks
+    for weights with the voice-activity heads."""
+    if model not in STT_MODELS:
+        raise MoshiError(f"unknown speech-to-text model {model!r}: use {' or '.join(STT_MODELS)}")
+    if normalize_quant(quant) != "bf16":
+        raise MoshiError(f"Kyutai publishes {model} in bf16 only: use -q bf16 (or --hf-repo for other weights)")
+    mlx_repo, vad_repo = STT_MODELS[model]
+    if vad and vad_repo is None:
+        raise MoshiError(f"{model} has no voice-activity heads (only stt-1b has them): leave out --vad")
+    return vad_repo if vad else mlx_repo
+
+
 def repo_quant(repo: str) -> str | None:
     """The quantization a repo holds, for --hf-repo without -q: the one whose Moshi file is in the cache, else the
     one its name ends with (kyutai/moshiko-mlx-q4); None when neither tells."""
     check_repo_id(repo)
+    if (known := catalog.by_repo(repo)) is not None:
+        return known.quants[0]
     held = [quant for quant, name in MOSHI_FILES.items() if _cached(repo, name)]
     if len(held) == 1:
         return held[0]
@@ -122,10 +150,12 @@ def _cached(repo: str, filename: str) -> Path | bool | None:
     return Path(hit) if isinstance(hit, str) else None if hit is None else False
 
 
-def fetch(repo: str, filename: str, quant: str = "q4", cached_first: bool = True) -> Path:
+def fetch(repo: str, filename: str, quant: str = "q4", cached_first: bool = True,
+          hint: str = "check --hf-repo and -q") -> Path:
     """A file of a Hugging Face repo, from the cache or downloaded into it (with progress).
 
-    `cached_first=False` asks the hub for a newer version of a cached file (what `moshi-mlx download` does).
+    `cached_first=False` asks the hub for a newer version of a cached file (what `moshi-mlx download` does);
+    `hint` says what to do when the repo has no such file.
     """
     check_repo_id(repo)
     cached = _cached(repo, filename) if cached_first else None
@@ -138,10 +168,13 @@ def fetch(repo: str, filename: str, quant: str = "q4", cached_first: bool = True
             f"{filename} of {repo} is not in the Hugging Face cache and cannot be downloaded now "
             f"(offline: {offline_hint()}); run `{download_command(repo, quant)}` while online"
         ) from None
+    except GatedRepoError:
+        raise MoshiError(f"{repo} is gated: accept its licence on https://huggingface.co/{repo} while logged in, then "
+                         "log in here (`hf auth login`, or set HF_TOKEN)") from None
     except RepositoryNotFoundError:
         raise MoshiError(f"Hugging Face repo {repo} not found (or private): check --hf-repo") from None
     except EntryNotFoundError:
-        raise MoshiError(f"{repo} has no file {filename}: check --hf-repo and -q") from None
+        raise MoshiError(f"{repo} has no file {filename}: {hint}") from None
     except (HfHubHTTPError, OSError) as e:
         raise MoshiError(f"cannot download {filename} from {repo}: {first_line(e)}") from None
 
@@ -191,7 +224,10 @@ def resolve_files(
     repo = check_repo_id(hf_repo) if hf_repo is not None else None
     if repo is None and not (moshi_weights and mimi_weights and tokenizer):
         repo = default_repo(voice, quant)
-    repo_config = _repo_config(repo) if repo and config is None else None
+    persona = (known := catalog.by_repo(repo)) is not None and known.persona
+    # PersonaPlex's config.json is not a model config: its architecture is NVIDIA's, checked against the weights.
+    repo_config = _repo_config(repo) if repo and config is None and not persona else None
+    foreign = repo_config is not None and not is_model_config(repo_config)
 
     def from_repo(local: str | Path | None, key: str, default: str, what: str) -> Path:
         if local is not None:
@@ -202,11 +238,15 @@ def resolve_files(
 
     lm_config = (
         LmConfig.from_json(_local(config, "model config")) if config is not None
-        else LmConfig.from_dict(repo_config) if repo_config
+        else LmConfig.from_dict(repo_config) if repo_config and not foreign
+        else None if persona or foreign
         else LmConfig.moshi_7b()
     )
+    weights = from_repo(moshi_weights, "moshi_name", MOSHI_FILES[quant], "Moshi weights")
+    if lm_config is None:  # read off the checkpoint's tensors (its header only)
+        lm_config = config_from_checkpoint(weights) if persona else checkpoint_preset(weights)
     return ModelFiles(
-        moshi_weights=from_repo(moshi_weights, "moshi_name", MOSHI_FILES[quant], "Moshi weights"),
+        moshi_weights=weights,
         mimi_weights=from_repo(mimi_weights, "mimi_name", MIMI_FILE, "Mimi weights"),
         tokenizer=from_repo(tokenizer, "tokenizer_name", TOKENIZER_FILE, "text tokenizer"),
         config=lm_config,
@@ -227,4 +267,6 @@ def download(repo: str, quant: str | int = "q4") -> list[Path]:
         repo_config.get("mimi_name") or MIMI_FILE,
         repo_config.get("tokenizer_name") or TOKENIZER_FILE,
     ]
+    if (known := catalog.by_repo(repo)) is not None and known.persona:
+        names.append("voices.tgz")  # PersonaPlex's published voices (`--voice NAME`)
     return [fetch(repo, name, quant, cached_first=False) for name in names]

@@ -26,6 +26,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, mimi_weights: Path) -> 
 
 
 @pytest.fixture(scope="session")
+def tiny_persona_model(tmp_path_factory: pytest.TempPathFactory, mimi_weights: Path) -> TinyModel:
+    """A tiny model with PersonaPlex's layout (16 depth steps, `model_type` personaplex), random weights."""
+    from moshi_mlx.devtools.random_lm import tiny_persona_config
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_persona"), mimi_weights, config=tiny_persona_config())
+
+
+@pytest.fixture(scope="session")
 def virtual_audio():
     """A private PulseAudio server (virtual mic `vmic` fed through sink `vmicsink`, speaker `vspeaker`).
 

@@ -35,7 +35,9 @@ def test_unknown_subcommand():
     result = moshi("tlak")
     assert result.returncode == 2
     err = result.stderr.strip()
-    assert err.startswith("error: unknown subcommand 'tlak': use one of chat, run, devices, download")
+    from moshi_mlx.app.cli import SUBCOMMANDS
+
+    assert err.startswith(f"error: unknown subcommand 'tlak': use one of {', '.join(SUBCOMMANDS)}")
     assert "\n" not in err
 
 
@@ -182,7 +184,8 @@ def test_unreadable_input_file_for_run(tmp_path, tiny_args, garbage):
     [
         (["run", "in.wav", "--out", "o.wav", "-q", "5"],
          "error: argument -q/--quantize/--quant: invalid choice: '5' (choose from '4', '8', 'bf16')"),
-        (["chat", "--voice", "bob"], "error: argument --voice: invalid choice: 'bob'"),
+        (["chat", "--voice", "bo/b"], "error: argument --voice: 'bo/b' is not a voice name"),
+        (["chat", "--model", "moshy"], "error: argument --model: invalid choice: 'moshy'"),
         (["chat", "--max-backlog", "-1"], "error: argument --max-backlog: -1 is negative"),
         (["run", "in.wav", "--out", "o.wav", "--temp", "nan"], "error: argument --temp: nan is not a temperature"),
         (["run", "in.wav", "--out", "o.wav", "--temp-text", "-0.5"],

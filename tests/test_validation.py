@@ -153,13 +153,23 @@ def base_values(name: str, tmp: Path, tiny_model, bf16, wav) -> dict[str, object
     """A valid command line for each subcommand with every file option given (outputs in `tmp`)."""
     model = {"moshi_weights": tiny_model.moshi_weights, "mimi_weights": tiny_model.mimi_weights,
              "tokenizer": tiny_model.tokenizer, "config": tiny_model.config}
+    if name in ("run", "chat"):
+        role = tmp.parent / f"{tmp.name}-role.txt"  # beside `tmp`: the tests count what is left in it
+        role.write_text("You are a pirate.\n")
+        model.update(persona_file=role, voice_prompt=wav)
     if name == "run":
         return {"input": wav, "out": tmp / "out.wav", "transcript": tmp / "t.txt", **model}
     if name == "chat":
         return {"transcript": tmp / "t.txt", "record": tmp / "rec.wav", **model}
+    if name == "transcribe":  # refused before the model is read: a Moshi checkpoint does here
+        return {"input": wav, "out": tmp / "out.srt", "transcript": tmp / "t.txt", **model}
     if name == "quantize":
         return {"input": bf16[0], "output": tmp / "q", "config": bf16[1], "wav": wav,
                 "mimi_weights": tiny_model.mimi_weights, "report_json": tmp / "report.json"}
+    if name == "say":
+        text = tmp.parent / f"{tmp.name}-say.txt"  # beside `tmp`: the tests count what is left in it
+        text.write_text("Hello there.\n")
+        return {"file": text, "out": tmp / "out.wav", **model}
     raise AssertionError(f"`{name}` has file options: give it a valid command line here")
 
 

@@ -24,6 +24,12 @@ def tiny_config(**overrides: Any) -> LmConfig:
     return LmConfig(**values)
 
 
+def tiny_persona_config(**overrides: Any) -> LmConfig:
+    """PersonaPlex's structure (16 depth steps, Mimi's 2048 codes for its silence and sine codes), tiny."""
+    values: dict[str, Any] = dict(card=2048, dep_q=16, model_type="personaplex", context=100)
+    return tiny_config(**{**values, **overrides})
+
+
 def random_lm(config: LmConfig | None = None, seed: int = 0, scale: float = 1.0) -> Lm:
     """An `Lm` with deterministic random weights (float32); `scale` sharpens the logits."""
     config = config or tiny_config()

@@ -31,14 +31,18 @@ class TinyModel:
                              seed=seed, **options)
 
 
-def write_tiny_model(directory: str | Path, mimi_weights: str | Path | None = None, seed: int = 0) -> TinyModel:
-    """Write a tiny model into `directory`; a random Mimi too unless `mimi_weights` names one (about 385 MB)."""
+def write_tiny_model(
+    directory: str | Path, mimi_weights: str | Path | None = None, seed: int = 0, config: LmConfig | None = None
+) -> TinyModel:
+    """Write a tiny model into `directory`; a random Mimi too unless `mimi_weights` names one (about 385 MB).
+
+    `config`: another tiny LM structure (e.g. `random_lm.tiny_persona_config()`), its card 2048."""
     directory = Path(directory)
     # Mimi's codes go up to 2047: the LM's audio tables must be that large.
-    weights, config = write_random_lm(directory, tiny_config(card=2048), seed=seed)
+    weights, config_path = write_random_lm(directory, config or tiny_config(card=2048), seed=seed)
     if mimi_weights is None:
         mimi_weights = directory / "mimi.safetensors"
         if not mimi_weights.exists():
             write_random_mimi(mimi_weights, seed=seed)
     tokenizer = write_tiny_tokenizer(directory / "tokenizer.model")
-    return TinyModel(weights, config, Path(mimi_weights), tokenizer)
+    return TinyModel(weights, config_path, Path(mimi_weights), tokenizer)

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MoshiError
+from .condition_checks import config_problems
+from .persona_layout import PERSONAPLEX, persona_problems
 from .schema import BOOL, INT, LIST, NUM, OBJECT, STR, BaseConfig, describe, field_problems, is_int, setting
+from .stt_checks import MODEL_TYPES, stt_problems
 
 NORMS = ("rms_norm_f32", "rms_norm", "layer_norm", "layer_norm_f32")
 GATINGS = ("silu", "none")
@@ -20,7 +23,7 @@ MAX_DELAY = 1000
 # (`quantize`, Kyutai's PyTorch int8 flag, is left to the loader: quantization is read off the tensors.)
 UNSUPPORTED: dict[str, Any] = {
     "norm_emb": False, "bias_proj": False, "depformer_norm": None, "kv_repeat": 1, "positional_scale": 1.0,
-    "extra_heads_num_heads": 0, "skip_self_attn": False, "lora": False, "fuser": None,
+    "skip_self_attn": False, "lora": False, "mimi_config_name": None,
 }
 
 
@@ -70,6 +73,16 @@ class LmConfig(BaseConfig):
                                 required=True)
     conditioners: dict | None = setting(None, OBJECT, null=True, optional=True)
     cross_attention: bool = setting(False, BOOL, optional=True)
+    # Conditioned models (TTS): the fuser block, text logits of another width, and what the TTS reads.
+    fuser: dict | None = setting(None, OBJECT, null=True, optional=True)
+    text_card_out: int | None = setting(None, INT, 1, 1 << 20, null=True, optional=True)
+    tts_config: dict | None = setting(None, OBJECT, null=True, optional=True)
+    model_id: dict | None = setting(None, OBJECT, null=True, optional=True)
+    # Speech-to-text (model_type "stt", dep_q 0): voice-activity heads, and the file path's padding (model/stt.py).
+    extra_heads_num_heads: int = setting(0, INT, 0, 64, optional=True)
+    extra_heads_dim: int = setting(6, INT, 1, 65536, omit=6)
+    model_type: str = setting("moshi", STR, choices=(*MODEL_TYPES, PERSONAPLEX), omit="moshi")
+    stt_config: dict | None = setting(None, OBJECT, null=True, optional=True)
 
     def __post_init__(self) -> None:
         self._check()
@@ -88,8 +101,6 @@ class LmConfig(BaseConfig):
         if missing:
             raise MoshiError(f"invalid model config: it lacks {', '.join(missing)}")
         unsupported = [f"{key} {d[key]!r}" for key in d if _is_unsupported(key, d[key])]
-        if d.get("text_card_out") not in (None, d["text_card"]):
-            unsupported.append(f"text_card_out {d['text_card_out']!r}")
         if isinstance(d.get("depformer_dim_feedforward"), list):
             unsupported.append(f"depformer_dim_feedforward {d['depformer_dim_feedforward']!r}")
         if unsupported:
@@ -98,6 +109,8 @@ class LmConfig(BaseConfig):
         values["depformer_num_layers"] = d["num_layers"]
         values["demux_second_stream"] = d.get("demux_second_text_stream", False)
         values.update(cls.known(d))
+        if values.get("text_card_out") == values["text_card"]:  # the same width: the default, left out
+            values["text_card_out"] = None
         if "depformer_layer_scale" not in d:
             values["depformer_layer_scale"] = values.get("layer_scale")
         try:
@@ -122,11 +135,17 @@ class LmConfig(BaseConfig):
         """The 7B config of Kyutai's moshiko/moshika releases."""
         return cls()
 
+    @classmethod
+    def personaplex_7b(cls) -> LmConfig:
+        """NVIDIA's PersonaPlex 7B: Moshi's 7B whose depth transformer predicts the user's codebooks too
+        (the architecture its loader fixes; see `persona_layout`)."""
+        return cls(dep_q=16, model_type=PERSONAPLEX)
+
     def to_dict(self) -> dict[str, Any]:
         """Kyutai's schema; optional keys at their "off" value are left out, as in Kyutai's own configs."""
         d = dataclasses.asdict(self)
         for f in dataclasses.fields(self):
-            if f.metadata.get("optional") and not d[f.name]:
+            if f.metadata.get("optional") and not d[f.name] or d[f.name] == f.metadata.get("omit", ...):
                 del d[f.name]
         return d
 
@@ -166,14 +185,11 @@ class LmConfig(BaseConfig):
             problems.append(f"depformer schedule has {len(schedule)} entries for dep_q {self.dep_q}")
         if not self.causal:
             problems.append("non-causal attention is not supported")
-        if self.dep_q < 1:
-            problems.append("dep_q 0 (no depth transformer) is not supported")
+        problems += stt_problems(self.model_type, self.dep_q, self.stt_config)
+        problems += persona_problems(self.model_type, self.n_q, self.dep_q)
         if schedule is not None and not self.depformer_weights_per_step:
             problems.append("depformer_weights_per_step_schedule needs depformer_weights_per_step")
-        if self.demux_second_stream:
-            problems.append("demux_second_stream (two text streams) is not supported")
-        if self.conditioners or self.cross_attention:
-            problems.append("conditioned / cross-attention models are not supported")
+        problems += config_problems(self.conditioners, self.fuser, self.cross_attention)
         return problems
 
     # Derived values.
@@ -183,8 +199,18 @@ class LmConfig(BaseConfig):
         return self.n_q + 1
 
     @property
+    def takes_persona(self) -> bool:
+        """NVIDIA's PersonaPlex layout and generation (a role and a voice prompt before the conversation)."""
+        return self.model_type == PERSONAPLEX
+
+    @property
     def max_delay(self) -> int:
         return max(self.delays)
+
+    @property
+    def text_out_card(self) -> int:
+        """Width of the text logits (`text_card_out` where a config sets it)."""
+        return self.text_card_out or self.text_card
 
     @property
     def depformer_schedule(self) -> list[int]:
@@ -215,6 +241,7 @@ class LmConfig(BaseConfig):
             positional_embedding=self.positional_embedding,
             max_period=self.max_period,
             context=self.context,
+            cross_attention=self.cross_attention,
         )
 
     def depth_transformer(self) -> TransformerConfig:
@@ -226,7 +253,7 @@ class LmConfig(BaseConfig):
             dim_feedforward=int(self.hidden_scale * self.depformer_dim) if ff is None else ff,
             gating=self.depformer_gating or self.gating, layer_scale=self.depformer_layer_scale,
             positional_embedding=self.depformer_pos_emb, max_period=self.depformer_max_period or self.max_period,
-            context=None,
+            context=None, cross_attention=False,
         )
 
 
@@ -242,6 +269,7 @@ class TransformerConfig:
     positional_embedding: str
     max_period: float
     context: int | None
+    cross_attention: bool = False
 
     @property
     def head_dim(self) -> int:

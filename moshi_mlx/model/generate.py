@@ -22,13 +22,15 @@ class StepOutput:
     """What one step hands out.
 
     `text_token` was sampled at this step; `audio_codes` is Moshi's audio frame completed at this step
-    (`[a0(t-1), a1..a7(t)]` for the 7B delays), None until the acoustic delay has passed.
+    (`[a0(t-1), a1..a7(t)]` for the 7B delays), None until the acoustic delay has passed (always for STT).
+    `extra_heads`: STT's voice-activity heads at this step (`SttGen`), `[num_heads, dim]` softmax, else None.
     """
 
     text_token: int
     audio_codes: np.ndarray | None
     text_logits: np.ndarray | None = None
     audio_logits: np.ndarray | None = None
+    extra_heads: np.ndarray | None = None
 
 
 @dataclass

@@ -10,10 +10,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import ConcatenateKVCache, KVCache, RotatingKVCache
 
+from .conditioners import ConditionProvider
 from .config import LmConfig
+from .embeddings import ZERO_TOKEN, make_embedding
 from .transformer import Transformer, make_norm
-
-ZERO_TOKEN = -1
 
 
 def embed(table: nn.Module, tokens: mx.array) -> mx.array:
@@ -28,20 +28,15 @@ class DepformerSlice(nn.Module):
     def __init__(self, cfg: LmConfig, k: int):
         super().__init__()
         rows = cfg.text_card + 1 if k == 0 else cfg.card + 1
-        low_rank = cfg.depformer_low_rank_embeddings
-        self.emb = nn.Embedding(rows, low_rank or cfg.depformer_dim)
-        if low_rank:
-            self.emb_low_rank = nn.Linear(low_rank, cfg.depformer_dim, bias=False)
+        self.emb = make_embedding(rows, cfg.depformer_dim, cfg.depformer_low_rank_embeddings,
+                                  demux=k == 0 and cfg.demux_second_stream)
         self.linear_in = nn.Linear(cfg.dim, cfg.depformer_dim, bias=False)
         self.linear_out = nn.Linear(cfg.depformer_dim, cfg.card, bias=False)
         self.transformer = Transformer(cfg.depth_transformer())
 
     def embed_token(self, tokens: mx.array, masked: bool = True) -> mx.array:
         """`masked=False` when `tokens` cannot hold the zero token (saves its test)."""
-        x = embed(self.emb, tokens) if masked else self.emb(tokens)
-        if "emb_low_rank" in self:
-            x = self.emb_low_rank(x)
-        return x
+        return embed(self.emb, tokens) if masked else self.emb(tokens)
 
 
 class Depformer(nn.Module):
@@ -70,12 +65,17 @@ class Lm(nn.Module):
         self.config = config
         # Per-module {"bits", "group_size"} of a loaded quantized checkpoint (read-only, not a parameter).
         self.quantization: Mapping[str, Mapping[str, int]] = MappingProxyType({})
-        self.text_emb = nn.Embedding(config.text_card + 1, config.dim)
+        self.text_emb = make_embedding(config.text_card + 1, config.dim, demux=config.demux_second_stream)
         self.audio_embs = [nn.Embedding(config.card + 1, config.dim) for _ in range(config.n_q)]
         self.transformer = Transformer(config.main_transformer())
         self.out_norm = make_norm(config.norm, config.dim)
-        self.text_linear = nn.Linear(config.dim, config.text_card, bias=False)
+        self.text_linear = nn.Linear(config.dim, config.text_out_card, bias=False)
         self.depformer = Depformer(config)
+        if config.conditioners:
+            self.condition_provider = ConditionProvider(config.dim, config.conditioners, config.fuser)
+        if config.extra_heads_num_heads:  # STT's voice-activity heads, on the normed hidden state
+            self.extra_heads = [nn.Linear(config.dim, config.extra_heads_dim, bias=False)
+                                for _ in range(config.extra_heads_num_heads)]
 
     # Streaming pieces.
     def make_cache(self) -> list[Any]:
@@ -106,11 +106,26 @@ class Lm(nn.Module):
             if isinstance(token, mx.array) or token != ZERO_TOKEN
         ]
 
-    def temporal(self, tokens: mx.array, caches: list[Any] | None = None) -> tuple[mx.array, mx.array]:
-        """Temporal transformer over input tokens `[B, K, T]` -> (hidden `[B, T, dim]`, text logits)."""
-        x = self.transformer(self.embed_inputs(tokens), caches)
+    def temporal(
+        self, tokens: mx.array, caches: list[Any] | None = None, condition: mx.array | None = None, cross: Any = None
+    ) -> tuple[mx.array, mx.array]:
+        """Temporal transformer over input tokens `[B, K, T]` -> (hidden `[B, T, dim]`, text logits).
+
+        Conditioned models: `condition` (`[B, 1, dim]`) is added to every step's input, `cross` is the
+        cross-attention source or its per-layer keys and values.
+        """
+        x = self.embed_inputs(tokens)
+        if condition is not None:
+            x = x + condition.astype(x.dtype)
+        x = self.transformer(x, caches, cross)
         x = self.out_norm(x)
         return x, self.text_linear(x)
+
+    def extra_head_probs(self, hidden: mx.array) -> mx.array:
+        """Softmax of each extra head on the normed hidden state of one step (`[1, dim]` or `[1, 1, dim]`):
+        `[num_heads, extra_heads_dim]` float32, as Kyutai's `LMGen.step_with_extra_heads`."""
+        logits = mx.stack([head(hidden).reshape(-1) for head in self.extra_heads])
+        return mx.softmax(logits.astype(mx.float32), axis=-1)
 
     # Teacher-forced evaluation.
     def forward_codes(self, codes: mx.array) -> tuple[mx.array, mx.array]:
@@ -146,11 +161,12 @@ class Lm(nn.Module):
         for k in range(cfg.dep_q):
             prev = targets[:, k].reshape(B * T, 1)
             logits.append(self.depformer.step(k, flat_hidden, prev, caches).reshape(B, T, -1))
-        audio_logits = mx.stack(logits, axis=1)
+        audio_logits = mx.stack(logits, axis=1) if logits else mx.zeros((B, 0, T, cfg.card))
 
         # Undo the delays: logits for code (k, t) were produced at position t + delay_k.
         text_logits = _undelay(text_logits[:, None], cfg.delays[:1])
-        audio_logits = _undelay(audio_logits, cfg.delays[1 : cfg.dep_q + 1])
+        if cfg.dep_q:
+            audio_logits = _undelay(audio_logits, cfg.delays[1 : cfg.dep_q + 1])
         return text_logits, audio_logits
 
 

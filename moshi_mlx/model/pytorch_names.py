@@ -15,6 +15,9 @@ _ATTN = {
     "out_proj.weight": "out_proj",
 }
 _LAYER = re.compile(r"^(transformer|depformer)\.layers\.(\d+)\.(.+)$")
+# Cross-attention (conditioned models): Kyutai's per-set, fused and MLX names of its single weight set.
+_CROSS = re.compile(r"^cross_attention\.(in_projs\.0\.weight|out_projs\.0\.weight|in_proj_weight|in_proj\.weight"
+                    r"|out_proj\.weight)$")
 
 
 def is_pytorch_layout(names: Any) -> bool:
@@ -45,6 +48,9 @@ def _norm_param(rest: str, value: mx.array) -> tuple[str, mx.array]:
 
 def _map_layer_param(rest: str, value: mx.array, num_sets: int) -> list[tuple[int | None, str, mx.array]]:
     """Map one layer parameter; returns (weight set or None for shared, our name, value)."""
+    m = _CROSS.match(rest)
+    if m:
+        return [(None, f"cross_attention.{'in_proj' if 'in_proj' in m.group(1) else 'out_proj'}.weight", value)]
     m = re.match(r"^self_attn\.(in_projs|out_projs)\.(\d+)\.weight$", rest)
     if m:
         kind = "in_proj" if m.group(1) == "in_projs" else "out_proj"
@@ -98,7 +104,7 @@ def _map_pytorch(name: str, value: mx.array, cfg: LmConfig) -> list[tuple[str, m
 
 
 def _emb_name(rest: str) -> str:
-    return "emb_low_rank.weight" if rest == "low_rank.weight" else f"emb.{rest}"
+    return f"emb.{rest}"
 
 
 def to_pytorch_names(weights: dict[str, mx.array], cfg: LmConfig, fused: bool = False) -> dict[str, mx.array]:
@@ -122,10 +128,9 @@ def to_pytorch_names(weights: dict[str, mx.array], cfg: LmConfig, fused: bool = 
                 out[f"depformer_in.{in_schedule[k]}.{rest[len('linear_in.'):]}"] = value
         elif rest.startswith("linear_out."):
             out[f"linears.{k}.{rest[len('linear_out.'):]}"] = value
-        elif rest.startswith(("emb.", "emb_low_rank.")):
+        elif rest.startswith("emb."):
             base = "depformer_text_emb" if k == 0 else f"depformer_emb.{k - 1}"
-            suffix = "low_rank.weight" if rest.startswith("emb_low_rank.") else rest[len("emb."):]
-            out[f"{base}.{suffix}"] = value
+            out[f"{base}.{rest[len('emb.'):]}"] = value
         else:
             layer_name = rest[len("transformer."):]
             is_shared = not re.search(r"\.(self_attn|gating)\.", "." + layer_name)
@@ -142,8 +147,8 @@ def to_pytorch_names(weights: dict[str, mx.array], cfg: LmConfig, fused: bool = 
 
 def _to_pytorch_layer(name: str, value: mx.array, which: str, weight_set: int, rms: bool,
                       per_step: bool = False) -> dict[str, mx.array]:
-    name = re.sub(r"\.self_attn\.(in_proj|out_proj)\.weight$",
-                  lambda m: f".self_attn.{m.group(1)}s.{weight_set}.weight", name)
+    name = re.sub(r"\.(self_attn|cross_attention)\.(in_proj|out_proj)\.weight$",
+                  lambda m: f".{m.group(1)}.{m.group(2)}s.{weight_set}.weight", name)
     if which == "depformer" and per_step:
         name = re.sub(r"\.gating\.", f".gating.{weight_set}.", name)
     if rms and re.search(r"(norm1|norm2|out_norm)\.weight$", name):
@@ -155,7 +160,7 @@ def _fuse_attention(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     out: dict[str, mx.array] = {}
     groups: dict[str, list[tuple[int, mx.array]]] = {}
     for name, value in weights.items():
-        m = re.match(r"^(.+\.self_attn)\.(in_proj|out_proj)s\.(\d+)\.weight$", name)
+        m = re.match(r"^(.+\.(?:self_attn|cross_attention))\.(in_proj|out_proj)s\.(\d+)\.weight$", name)
         if m:
             key = f"{m.group(1)}." + ("in_proj_weight" if m.group(2) == "in_proj" else "out_proj.weight")
             groups.setdefault(key, []).append((int(m.group(3)), value))

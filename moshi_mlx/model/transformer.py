@@ -10,6 +10,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_causal_mask, scaled_dot_product_attention
 
 from .config import TransformerConfig
+from .cross_attention import CrossAttention
 
 
 class RmsNorm(nn.Module):
@@ -164,6 +165,11 @@ class TransformerLayer(nn.Module):
         if cfg.layer_scale is not None:
             self.layer_scale_1 = LayerScale(cfg.dim, cfg.layer_scale)
             self.layer_scale_2 = LayerScale(cfg.dim, cfg.layer_scale)
+        if cfg.cross_attention:  # Kyutai's cross-attention block always uses a LayerNorm with bias
+            self.norm_cross = LayerNorm(cfg.dim, 1e-5, float32=False)
+            self.cross_attention = CrossAttention(cfg)
+            if cfg.layer_scale is not None:
+                self.layer_scale_cross = LayerScale(cfg.dim, cfg.layer_scale)
 
     def _mlp(self, x: mx.array) -> mx.array:
         if "gating" in self:
@@ -175,20 +181,26 @@ class TransformerLayer(nn.Module):
     def attention_inputs(self, x: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
         return self.self_attn.project(self.norm1(x), offset)
 
-    def finish(self, x: mx.array, attention: mx.array) -> mx.array:
-        """The residual stream `x` after this layer, given the attention's output `[B, H, T, head_dim]`."""
+    def finish(self, x: mx.array, attention: mx.array, cross: Any = None) -> mx.array:
+        """The residual stream `x` after this layer, given the attention's output `[B, H, T, head_dim]` (and, in a
+        layer with cross-attention, its source or its keys and values: `CrossAttention.source_kv`)."""
         update = self.self_attn.output(attention, x.ndim)
         if "layer_scale_1" in self:
             update = self.layer_scale_1(update)
         x = x + update
+        if cross is not None:
+            update = self.cross_attention(self.norm_cross(x), cross)
+            if "layer_scale_cross" in self:
+                update = self.layer_scale_cross(update)
+            x = x + update
         update = self._mlp(self.norm2(x))
         if "layer_scale_2" in self:
             update = self.layer_scale_2(update)
         return x + update
 
-    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
+    def __call__(self, x: mx.array, cache: Any = None, mask: Any = None, cross: Any = None) -> mx.array:
         q, k, v = self.attention_inputs(x, cache.offset if cache is not None else 0)
-        return self.finish(x, self.self_attn.attend(q, k, v, cache, mask))
+        return self.finish(x, self.self_attn.attend(q, k, v, cache, mask), cross)
 
 
 class Transformer(nn.Module):
@@ -207,7 +219,9 @@ class Transformer(nn.Module):
             x = x + sin_embedding(positions, x.shape[-1], self.cfg.max_period).astype(x.dtype)
         return x
 
-    def __call__(self, x: mx.array, caches: list[Any] | None = None) -> mx.array:
+    def __call__(self, x: mx.array, caches: list[Any] | None = None, cross: Any = None) -> mx.array:
+        """`cross`: the cross-attention source `[B, S, dim]`, or each layer's keys and values, when the layers have
+        cross-attention."""
         T = x.shape[1] if x.ndim == 3 else 1
         offset = caches[0].offset if caches else 0
         x = self.add_positions(x, offset)
@@ -217,5 +231,6 @@ class Transformer(nn.Module):
                 raise ValueError("multi-step input is only supported from the start of a sequence")
             mask = create_causal_mask(T, 0, window_size=self.cfg.context)
         for i, layer in enumerate(self.layers):
-            x = layer(x, caches[i] if caches else None, mask)
+            layer_cross = cross[i] if isinstance(cross, list) else cross
+            x = layer(x, caches[i] if caches else None, mask, layer_cross)
         return x

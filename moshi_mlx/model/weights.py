@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten
 from ..errors import MoshiError
 from .config import LmConfig
 from .lm import Lm
+from .persona_layout import expand_depth_steps
 from .pytorch_names import is_pytorch_layout, sanitize, to_pytorch_names
 
 
@@ -80,19 +81,22 @@ def load_lm(
 
     `config` is an `LmConfig`, a path to Kyutai's config.json, a dict, or None for the 7B preset.
     """
-    cfg = _as_config(config)
+    cfg = as_config(config)
     path = Path(weights_path)
     weights = read_safetensors(path)
     if is_pytorch_layout(weights):
-        weights = sanitize(weights, cfg)
+        weights = sanitize(expand_depth_steps(weights, cfg), cfg)
     model = Lm(cfg)
     quantization = _quantization_of(model, weights)
     if quantization:
         nn.quantize(model, class_predicate=lambda p, m: quantization.get(p, False))
     _check_names(model, weights, path)
     _check_dtypes(weights, quantization, path)
+    # A tensor shared by several depth steps (a weights-per-step schedule) stays one tensor: cast once.
+    cast: dict[int, mx.array] = {}
     weights = {
-        n: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for n, v in weights.items()
+        n: cast.setdefault(id(v), v.astype(dtype)) if mx.issubdtype(v.dtype, mx.floating) else v
+        for n, v in weights.items()
     }
     model.load_weights(list(weights.items()), strict=True)
     model.quantization = MappingProxyType(quantization)
@@ -126,7 +130,8 @@ def _dtype(value: mx.array) -> str:
     return str(value.dtype).removeprefix("mlx.core.")
 
 
-def _as_config(config: LmConfig | str | Path | dict | None) -> LmConfig:
+def as_config(config: LmConfig | str | Path | dict | None) -> LmConfig:
+    """An `LmConfig` from one, a path to Kyutai's config.json, a dict, or None (the 7B preset)."""
     if config is None:
         return LmConfig.moshi_7b()
     if isinstance(config, LmConfig):

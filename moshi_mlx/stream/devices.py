@@ -79,11 +79,13 @@ class AudioDevices:
 
     `choose()` finds the devices and how to open them (nothing opens); `open()` starts both streams;
     `close_input()` then `play_out_and_close()` stop them. `echo`, when set, gets every block the speaker plays.
+    `speaker=False` opens the microphone alone (speech-to-text: nothing to play).
     """
 
     def __init__(self, input_device: str | int | None = None, output_device: str | int | None = None,
-                 samplerate: int | None = None):
+                 samplerate: int | None = None, speaker: bool = True):
         self.input_device, self.output_device, self.samplerate = input_device, output_device, samplerate
+        self.has_speaker = speaker
         self.stats = EngineStats()
         self.echo: EchoCanceller | None = None
         self.mic: queue.Queue[MicBlock] = queue.Queue(maxsize=MIC_BLOCKS_KEPT)
@@ -103,13 +105,15 @@ class AudioDevices:
     def choose(self) -> None:
         """Find both devices and the settings they take (`stats.input`, `stats.output`); opens nothing."""
         sounddevice()
-        self._use(stream_settings(find_device(self.input_device, "input"), "input", self.samplerate),
-                  stream_settings(find_device(self.output_device, "output"), "output", self.samplerate))
+        output = (stream_settings(find_device(self.output_device, "output"), "output", self.samplerate)
+                  if self.has_speaker else None)
+        self._use(stream_settings(find_device(self.input_device, "input"), "input", self.samplerate), output)
 
-    def _use(self, input_settings: StreamSettings, output_settings: StreamSettings) -> None:
+    def _use(self, input_settings: StreamSettings, output_settings: StreamSettings | None) -> None:
         self.stats.input, self.stats.output = input_settings, output_settings
         self._in_rate = input_settings.samplerate
-        self.speaker = SpeakerQueue(output_settings.samplerate, output_settings.blocksize, self.stats)
+        if output_settings is not None:
+            self.speaker = SpeakerQueue(output_settings.samplerate, output_settings.blocksize, self.stats)
         self._frame_in = round(FRAME_SIZE * self._in_rate / SAMPLE_RATE)
         self._next_frame_end = self._frame_in + resampler_hold_back(self._in_rate, input_settings.blocksize)
 
@@ -117,17 +121,19 @@ class AudioDevices:
         """Open and start the speaker, then the microphone; MoshiError when a device refuses."""
         sd = sounddevice()
         in_settings, out_settings = self.stats.input, self.stats.output
-        assert in_settings is not None and out_settings is not None, "choose() the devices first"
+        assert in_settings is not None and (out_settings or not self.has_speaker), "choose() the devices first"
         try:
-            self.output_stream = sd.OutputStream(
-                device=out_settings.device, samplerate=out_settings.samplerate, channels=out_settings.channels,
-                blocksize=out_settings.blocksize, dtype="float32", callback=self._on_output, latency=LATENCY,
-            )
+            if out_settings is not None:
+                self.output_stream = sd.OutputStream(
+                    device=out_settings.device, samplerate=out_settings.samplerate, channels=out_settings.channels,
+                    blocksize=out_settings.blocksize, dtype="float32", callback=self._on_output, latency=LATENCY,
+                )
             self.input_stream = sd.InputStream(
                 device=in_settings.device, samplerate=in_settings.samplerate, channels=in_settings.channels,
                 blocksize=in_settings.blocksize, dtype="float32", callback=self._on_input, latency=LATENCY,
             )
-            self.output_stream.start()
+            if self.output_stream is not None:
+                self.output_stream.start()
             self.input_stream.start()
         except (sd.PortAudioError, ValueError) as e:
             raise MoshiError(f"cannot open the audio devices: {e}") from None
@@ -136,7 +142,8 @@ class AudioDevices:
     def _note_latencies(self) -> None:
         """The devices' own latency, as the open streams report it."""
         self.stats.input_latency_ms = 1000 * float(self.input_stream.latency)
-        self.stats.output_latency_ms = 1000 * float(self.output_stream.latency)
+        if self.output_stream is not None:
+            self.stats.output_latency_ms = 1000 * float(self.output_stream.latency)
 
     # --- the callbacks: PortAudio's threads, no waiting, no MLX ---
 
@@ -214,6 +221,8 @@ class AudioDevices:
     @property
     def played(self) -> deque[Played]:
         """Tagged frames whose first sample the speaker has taken (`SpeakerQueue.played`; the engine drains it)."""
+        if not self.has_speaker:
+            return deque()
         assert self.speaker is not None, "choose() the devices first"
         return self.speaker.played
 

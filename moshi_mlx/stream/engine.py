@@ -34,6 +34,7 @@ import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,9 @@ class Engine:
     Events (`FrameEvent`, one per processed frame) go to `on_event` on the thread that decodes (step 8 above) when
     given, else to the `events` queue, which a UI drains from its own thread. `recorder` (`write(user, moshi)`,
     `close()`) and `transcript` (`write(piece)`, `close()`) are fed on that thread too, and closed by `stop()`.
+    `devices` replaces the sound devices (e.g. a network connection, `moshi_mlx.server`); `executor` runs the
+    inference thread's work on its own thread instead of a new one (a server runs all its conversations on one
+    thread: MLX's compiled steps belong to the thread that traced them).
     """
 
     def __init__(
@@ -73,6 +77,9 @@ class Engine:
         max_output_backlog: int = 4,
         aec: bool = False,
         devices: AudioDevices | None = None,
+        executor: Executor | None = None,
+        tail_frames: int = 0,
+        on_prefill: Callable[[int, int], None] | None = None,
     ):
         if max_backlog < 0:
             raise ValueError("max_backlog must be >= 0")
@@ -85,6 +92,11 @@ class Engine:
         self.on_event = on_event or self._queue_event
         self.outputs = FrameOutputs(recorder, transcript, self._report)
         self.warmup_frames = warmup_frames
+        self.on_prefill = on_prefill  # (done, total) steps of the persona, fed after the warm-up
+        self.prefill_report: Any = None  # what feeding the persona cost (`PrefillReport`), once started
+        # Frames of silence run once the microphone has closed: a speech-to-text model writes the last words its
+        # delay later (`tail_frames`).
+        self.tail_frames = tail_frames
         self.aec = aec
         self.error: BaseException | None = None
         self._cleaned: CleanedMicrophone | None = None
@@ -92,6 +104,8 @@ class Engine:
         self._stop = threading.Event()
         self._ready = threading.Event()  # the inference thread has warmed up (or failed to)
         self._thread: threading.Thread | None = None
+        self.executor = executor
+        self._future: Future | None = None  # the conversation, when it runs on `executor`
         self._closed = False
 
     @property
@@ -122,9 +136,12 @@ class Engine:
                 self.error = e
 
     def _warm_up(self) -> bool:
-        """Compile and allocate on a few frames of silence; False (the error kept for `start`) when that fails."""
+        """Compile and allocate on a few frames of silence, then feed the persona if any (before the devices open);
+        False (the error kept for `start`) when that fails."""
         try:
             self.pipeline.warmup(self.warmup_frames)
+            if self.pipeline.persona is not None:
+                self.prefill_report = self.pipeline.new_conversation(self.on_prefill)
             return True
         except BaseException as e:
             self.error = e
@@ -141,6 +158,8 @@ class Engine:
             arrived = block[1]
             for samples, captured in zip(cleaned(*block), cleaned.captured, strict=True):
                 yield Frame(samples, times=FrameTimes(captured=captured, arrived=arrived))
+        for _ in range(self.tail_frames):
+            yield Frame(np.zeros(self.pipeline.frame_size, np.float32))
 
     def _next_mic_block(self) -> MicBlock | None:
         """The next input block to process, after applying the lag policy; None when stopping."""
@@ -202,18 +221,29 @@ class Engine:
 
     @property
     def running(self) -> bool:
+        if self._future is not None:
+            return not self._future.done()
         return self._thread is not None and self._thread.is_alive()
+
+    def _join(self) -> None:
+        if self._future is not None:
+            self._future.exception()  # waits; `_converse` keeps its errors in `self.error`
+        elif self._thread is not None:
+            self._thread.join()
 
     def start(self) -> Engine:
         """Check the devices, start the inference thread (it warms the model up), then open the devices."""
         self.devices.choose()
         if self.aec and self.echo is None:
             self.echo = make_echo_canceller(True, EchoSettings(reference_rate=self.devices.stats.output.samplerate))
-        self._thread = threading.Thread(target=self._converse, name="moshi-inference", daemon=True)
-        self._thread.start()
+        if self.executor is not None:
+            self._future = self.executor.submit(self._converse)
+        else:
+            self._thread = threading.Thread(target=self._converse, name="moshi-inference", daemon=True)
+            self._thread.start()
         self._ready.wait()  # the warm-up, on the inference thread; the devices open after it
         if self.error is not None:
-            self._thread.join()
+            self._join()
             error, self.error = self.error, None
             raise error
         try:
@@ -229,8 +259,7 @@ class Engine:
             self.devices.close_input()
         finally:
             self._stop.set()
-            if self._thread is not None:
-                self._thread.join()  # the frames already taken go through to the speaker queue
+            self._join()  # the frames already taken go through to the speaker queue
             self.devices.play_out_and_close()
 
     def stop(self) -> EngineStats:

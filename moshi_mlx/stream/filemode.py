@@ -51,8 +51,8 @@ def run_frames(
     The stages overlap (`frame_loop.run_frame_loop`) when the codec allows, unless `overlap` is False; the output is the
     same either way: Moshi's frame produced at step t is placed at frame t.
     """
-    if pipeline.gen.step_index > 0:
-        pipeline.reset()
+    if not pipeline.ready:  # used, or its persona not fed yet
+        pipeline.new_conversation()
     frames = whole_frames(audio, pipeline.frame_size)
     outputs = FrameOutputs(recorder, transcript, on_event, len(frames) if keep else 0, pipeline.frame_size)
     run_frame_loop(pipeline, frames, outputs, overlap=overlap)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
@@ -13,9 +14,13 @@ import numpy as np
 from ..codec import Codec, load_codec
 from ..errors import MoshiError, first_line
 from ..model.generate import LmGen, PendingStep, StepOutput
+from ..model.stt import make_generator
 from ..model.text import text_piece
-from ..model.weights import load_lm
+from ..model.weights import as_config, load_lm
 from .latency import FrameTimes
+
+if TYPE_CHECKING:
+    from ..persona.session import Persona, PrefillReport
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class FrameEvent:
     echo_db: float | None = None  # echo removed from the microphone while Moshi speaks (live, canceller on)
     latency_ms: float | None = None  # mouth-to-ear latency, median of the last seconds (live)
     times: FrameTimes | None = None  # when the frame passed each stage (monotonic)
+    extra_heads: np.ndarray | None = None  # STT's voice-activity heads, [num_heads, dim] (`StepOutput.extra_heads`)
 
     @property
     def total_ms(self) -> float:
@@ -107,6 +113,9 @@ class Pipeline:
         self.frame_size = codec.frame_size
         self.sample_rate = codec.sample_rate
         self._lm_free_at = 0.0  # when the LM's last step was collected
+        self.persona: Persona | None = None  # fed to the model before each conversation (`new_conversation`)
+        self._origin = 0  # the LM step of the conversation's first frame (after the persona's steps)
+        self._prefilled: int | None = None  # the LM step right after the persona was fed
 
     @classmethod
     def load(
@@ -129,10 +138,13 @@ class Pipeline:
         `mimi`: the codec backend, "mlx", "rust" or "auto" (see `moshi_mlx.codec.choose_backend`); `codec_options`
         go to the backend (rustymimi's renewal settings).
         """
-        codec = load_codec(mimi_weights, backend=mimi, **(codec_options or {}))
+        cfg = as_config(config)
+        # Mimi's codebooks as Kyutai's loader sets them: 8 for Moshi, 32 for its speech-to-text models.
+        codebooks = max(cfg.dep_q, cfg.n_q - cfg.dep_q) if not cfg.takes_persona else cfg.n_q // 2
+        codec = load_codec(mimi_weights, backend=mimi, num_codebooks=codebooks, **(codec_options or {}))
         text_tokenizer = load_text_tokenizer(tokenizer) if tokenizer is not None else None
-        lm = load_lm(moshi_weights, config, dtype=dtype)
-        gen = LmGen(lm, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text, seed=seed)
+        lm = load_lm(moshi_weights, cfg, dtype=dtype)
+        gen = make_generator(lm, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text, seed=seed)
         return cls(gen, codec, text_tokenizer)
 
     def text(self, token: int) -> str | None:
@@ -161,7 +173,7 @@ class Pipeline:
     def collect(self, frame: Frame) -> Frame:
         assert frame.pending is not None, "submit the frame first"
         frame.out = self.gen.collect(frame.pending)
-        frame.index, frame.pending = frame.pending.index, None
+        frame.index, frame.pending = frame.pending.index - self._origin, None
         # A frame submitted while the one before computed starts its own time once that one is collected.
         frame.times.lm_done = now = time.monotonic()
         frame.lm_ms = (now - max(frame.lm_start, self._lm_free_at)) * 1000
@@ -189,6 +201,7 @@ class Pipeline:
             overlapped=overlapped,
             notice="; ".join(notices) if notices else None,
             times=frame.times,
+            extra_heads=frame.out.extra_heads,
         )
         return event, pcm
 
@@ -207,6 +220,26 @@ class Pipeline:
         """A new conversation: fresh codec state and LM caches (and the seed, when one was given)."""
         self.codec.reset()
         self.gen.reset()
+        self._origin, self._prefilled = 0, None
+
+    @property
+    def ready(self) -> bool:
+        """The next frame starts a conversation as set up: a fresh model, or one just fed its persona."""
+        if self.persona is None:
+            return self.gen.step_index == 0
+        return self._prefilled is not None and self.gen.step_index == self._prefilled
+
+    def new_conversation(self, on_step: Callable[[int, int], None] | None = None) -> PrefillReport | None:
+        """`reset()`, then feed the persona when there is one (`on_step(done, total)` as it goes) and say what it
+        cost. Call it on the thread that runs the frames (MLX's streams belong to one thread)."""
+        self.reset()
+        if self.persona is None:
+            return None
+        from ..persona.session import run_prefill
+
+        report = run_prefill(self.gen, self.codec, self.persona, on_step)
+        self._origin = self._prefilled = self.gen.step_index
+        return report
 
     def warmup(self, frames: int = 2) -> None:
         """Run a few frames of silence (first calls compile and allocate), then start afresh.

@@ -1,0 +1,1 @@
+"""Personas: a role and a voice given to PersonaPlex before the conversation."""

@@ -1,0 +1,354 @@
+"""`moshi-mlx serve`: Kyutai's protocol on the tiny model, with a client written from that protocol, and clients
+that misbehave (each costs its own connection at most: the next client is served)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+import soundfile
+from aiohttp.test_utils import TestServer
+from helpers import load_pipeline
+from serve_helpers import FRAME_S, KyutaiClient, aligned_correlation, voice_like
+
+from moshi_mlx import FRAME_SIZE
+from moshi_mlx.server import Server
+from moshi_mlx.server.conversation import MAX_MESSAGE
+from moshi_mlx.server.protocol import HANDSHAKE
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model):
+    pipeline = load_pipeline(tiny_model)
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    server = Server(pipeline, log=lambda line: server.lines.append(line))
+    server.lines = []
+    server.warm_up()
+    yield server
+    server.close()
+
+
+def run(scenario, timeout: float = 300):
+    return asyncio.run(asyncio.wait_for(scenario, timeout))
+
+
+@contextlib.asynccontextmanager
+async def serving(server: Server):
+    async with TestServer(server.application()) as site, aiohttp.ClientSession() as session:
+        site.server_object = server
+        yield site, session
+
+
+async def idle(server: Server, timeout: float = 30) -> None:
+    """Until the server has finished the conversation in progress (its files closed, its line logged)."""
+    deadline = time.monotonic() + timeout
+    while server.current is not None:
+        assert time.monotonic() < deadline, "the conversation did not end"
+        await asyncio.sleep(0.05)
+
+
+async def connect(site, session, query: str = "") -> KyutaiClient:
+    return KyutaiClient(await session.ws_connect(site.make_url(f"/api/chat{query}")))
+
+
+async def talk(site, session, seconds: float = 1.0) -> KyutaiClient:
+    """A short, well-behaved conversation: it must get the handshake, Moshi's voice and its words."""
+    client = await connect(site, session)
+    assert await client.handshake() == HANDSHAKE
+    client.listen()
+    await client.send_audio(voice_like(seconds))
+    await asyncio.sleep(0.5)
+    await client.finish()
+    await idle(site.server_object)
+    assert client.kinds[1] > 0, client.kinds
+    return client
+
+
+def test_conversation_over_kyutai_protocol(tiny_model, pipeline, tmp_path):
+    """Handshake, 80 ms frames both ways, text pieces, the recorded user audio as sent (after Opus), transcript."""
+    from moshi_mlx.app.serve import TimedTranscript
+
+    from moshi_mlx.stream.recording import WavRecorder
+
+    files = {}
+
+    def outputs(number):
+        files[number] = (tmp_path / f"c{number}.wav", tmp_path / f"c{number}.txt")
+        return WavRecorder(files[number][0]), TimedTranscript(files[number][1])
+
+    lines = []
+    server = Server(pipeline, outputs=outputs, max_backlog=64, log=lines.append)  # no skipping: all is recorded
+    sent = voice_like(4.0)
+
+    async def scenario():
+        async with serving(server) as (site, session):
+            client = await connect(site, session, "?text_temperature=0.7&text_topk=25&audio_seed=42&stats=1")
+            assert await client.handshake() == HANDSHAKE
+            client.listen()
+            start = time.monotonic()
+            count = await client.send_audio(sent)
+            took = time.monotonic() - start
+            await asyncio.sleep(1.0)
+            await client.finish()
+            await idle(server)
+            return client, count, took
+
+    try:
+        client, count, took = run(scenario())
+    finally:
+        server.close()
+    assert took == pytest.approx(count * FRAME_S, abs=0.5)  # sent at 80 ms per frame
+    stats = client.stats
+    assert stats and stats[-1]["dropped"] == 0
+    # Moshi's voice: one page a frame, from its second step, each decoding to a frame.
+    assert client.kinds[1] >= len(stats) - 1 >= count // 2, (client.kinds, len(stats), count)
+    assert abs(len(client.audio) - client.kinds[1] * FRAME_SIZE) <= FRAME_SIZE
+    assert np.sqrt(np.mean(client.audio**2)) > 1e-3
+    assert "".join(client.text).strip() and client.kinds[2] == len(client.text)
+    assert [s["answers"] for s in stats if s["answers"] is not None][:3] == [0, 1, 2]
+    recording, transcript = files[1]
+    user, rate = soundfile.read(recording, dtype="float32")
+    assert rate == 24000 and user.shape[1] == 2 and len(user) >= (count - 1) * FRAME_SIZE
+    assert aligned_correlation(sent, user[:, 0]) >= 0.99
+    assert transcript.read_text().strip()
+    assert any("conversation 1 ended" in line for line in lines), lines
+
+
+def test_second_client_is_told_busy_then_served(server):
+    async def scenario():
+        async with serving(server) as (site, session):
+            first = await connect(site, session)
+            assert await first.handshake() == HANDSHAKE
+            first.listen()
+            second = await connect(site, session)
+            message = await second.handshake(timeout=10)
+            closed = await second.ws.receive(timeout=10)
+            await first.send_audio(voice_like(0.8))
+            await asyncio.sleep(0.4)
+            await first.finish()
+            await idle(server)
+            third = await talk(site, session, 0.8)
+            return first, message, closed, third
+
+    first, message, closed, third = run(scenario())
+    assert message[0] == 5 and b"busy" in message
+    assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+    assert first.kinds[1] > 0  # the first conversation went on
+    assert sum("busy" in line for line in server.lines) >= 1
+
+
+@pytest.mark.parametrize("bad", ["empty", "unknown kind", "text message"])
+def test_ignored_messages_cost_one_log_line(server, bad):
+    message = {"empty": b"", "unknown kind": b"\x07hello", "text message": "hello"}[bad]
+
+    async def scenario():
+        async with serving(server) as (site, session):
+            client = await connect(site, session)
+            await client.handshake()
+            client.listen()
+            for _ in range(3):
+                await (client.ws.send_str(message) if isinstance(message, str) else client.ws.send_bytes(message))
+            await client.send_audio(voice_like(0.8))
+            await asyncio.sleep(0.4)
+            await client.finish()
+            await idle(server)
+            return client
+
+    before = len(server.lines)
+    client = run(scenario())
+    assert client.kinds[1] > 0  # the conversation went on
+    warnings = [line for line in server.lines[before:] if "ignored" in line]
+    assert len(warnings) == 1, server.lines[before:]
+
+
+@pytest.mark.parametrize("bad", ["garbage", "too big", "faster than real time", "disconnect mid-page"])
+def test_bad_client_costs_its_own_connection(server, bad):
+    rng = np.random.default_rng(0)
+
+    async def misbehave(client: KyutaiClient) -> None:
+        if bad == "garbage":
+            await client.ws.send_bytes(b"\x01" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+        elif bad == "too big":
+            await client.ws.send_bytes(b"\x01" + bytes(MAX_MESSAGE + 10))
+        elif bad == "faster than real time":
+            await client.send_audio(voice_like(12.0), frame_s=None)
+        else:
+            page = client.page(voice_like(0.08))
+            await client.ws.send_bytes(page)
+            await client.ws.send_bytes(page[: len(page) // 2])
+            client.ws._response.connection.transport.abort()  # gone mid-page, no closing handshake
+
+    async def scenario():
+        async with serving(server) as (site, session):
+            client = await connect(site, session)
+            await client.handshake()
+            client.listen()
+            await client.send_audio(voice_like(0.4))
+            await misbehave(client)
+            with contextlib.suppress(Exception):
+                await client.closed_by_server()
+            await idle(server)  # the server is free again
+            next_client = await talk(site, session, 0.8)
+            return client, next_client
+
+    before = len(server.lines)
+    client, next_client = run(scenario())
+    ended = [line for line in server.lines[before:] if "ended" in line]
+    assert len(ended) == 2, server.lines[before:]
+    if bad != "disconnect mid-page":
+        assert client.close_code in (1007, 1008, 1009), (client.close_code, server.lines[before:])
+        reason = {"garbage": "not Ogg Opus", "too big": "", "faster than real time": "faster than real time"}[bad]
+        assert reason in ended[0], ended
+    assert next_client.kinds[1] > 0
+
+
+def test_token_is_asked_when_set(pipeline):
+    server = Server(pipeline, token="s3cret-token", log=lambda line: None)
+
+    async def scenario():
+        async with serving(server) as (site, session):
+            refused = await session.get(site.make_url("/api/chat"))
+            wrong = await session.get(site.make_url("/api/chat?token=guess"))
+            client = await connect(site, session, "?token=s3cret-token")
+            data = await client.handshake()
+            await client.ws.close()
+            return refused.status, wrong.status, data
+
+    try:
+        assert run(scenario()) == (403, 403, HANDSHAKE)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("static", ["page", None])
+def test_page(pipeline, static):
+    server = Server(pipeline, static=static, log=lambda line: None)
+
+    async def scenario():
+        async with serving(server) as (site, session):
+            response = await session.get(site.make_url("/"))
+            return response.status, response.content_type, await response.text()
+
+    try:
+        status, kind, text = run(scenario())
+    finally:
+        server.close()
+    if static is None:
+        assert status == 404
+    else:
+        assert status == 200 and kind == "text/html" and "getUserMedia" in text and "AudioWorklet" in text
+
+
+def test_other_hosts_need_ssl(capsys):
+    from moshi_mlx.app import cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["serve", "--host", "0.0.0.0"])
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host 0.0.0.0 lets other machines connect: give --ssl DIR") and err.count("\n") == 1
+
+
+def test_serve_command_ctrl_c_keeps_the_files_and_exits_0(tiny_model, tmp_path):
+    """The command itself: it says where it listens, holds a conversation, and Ctrl-C ends it with the files kept."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moshi_mlx", "serve", "--port", str(port), "--transcript-dir", str(tmp_path / "t"),
+         "--record-dir", str(tmp_path / "r"), "--seed", "1",
+         *tiny_model.cli_args()],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = []
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if "ready at" in line:
+                break
+        assert any(f"http://localhost:{port}/" in line for line in lines), lines
+
+        async def scenario():
+            async with aiohttp.ClientSession() as session:
+                client = KyutaiClient(await session.ws_connect(f"http://localhost:{port}/api/chat"))
+                assert await client.handshake() == HANDSHAKE
+                client.listen()
+                await client.send_audio(voice_like(1.5))
+                process.send_signal(signal.SIGINT)  # mid-conversation
+                await client.closed_by_server()
+                return client
+
+        client = run(scenario())
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    lines += process.stderr.read().splitlines()
+    assert code == 0, lines
+    assert client.close_code == aiohttp.WSCloseCode.GOING_AWAY
+    assert any("shutting down" in line for line in lines), lines
+    (recording,) = (tmp_path / "r").iterdir()
+    (transcript,) = (tmp_path / "t").iterdir()
+    assert soundfile.info(recording).frames >= FRAME_SIZE and transcript.read_text().strip()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+
+@pytest.mark.slow
+def test_soak_through_the_websocket(pipeline):
+    """Ten minutes of conversation over the socket (MOSHI_SERVE_SOAK_MINUTES to change): memory stays flat, and
+    every frame the client sent was either processed or counted as skipped by the lag policy."""
+    from moshi_mlx.devtools.process_memory import current_rss_bytes
+
+    minutes = float(os.environ.get("MOSHI_SERVE_SOAK_MINUTES", "10"))
+    lines = []
+    server = Server(pipeline, log=lines.append)
+    server.warm_up()
+    chunk = voice_like(8.0)
+    memory = []
+
+    async def scenario():
+        async with serving(server) as (site, session):
+            client = await connect(site, session, "?stats=1")
+            assert await client.handshake() == HANDSHAKE
+            client.keep_audio = False
+            client.listen()
+            sent, end = 0, time.monotonic() + 60 * minutes
+            while time.monotonic() < end:
+                sent += await client.send_audio(chunk)
+                memory.append((time.monotonic(), current_rss_bytes()))
+                client.stats = client.stats[-1:]
+            await asyncio.sleep(1.0)
+            await client.finish(timeout=60)
+            return client, sent, server.last
+
+    try:
+        client, sent, conversation = run(scenario(), timeout=60 * minutes + 300)
+    finally:
+        server.close()
+    stats = conversation.result
+    assert stats.processed + stats.dropped == sent, (stats.processed, stats.dropped, sent)
+    after_warm_up = [rss for at, rss in memory if at > memory[0][0] + 60] or [memory[-1][1]]
+    growth = (max(after_warm_up) - after_warm_up[0]) / 2**20
+    print(f"soak: {minutes:g} min, {sent} frames sent, {stats.processed} processed, {stats.dropped} skipped, "
+          f"memory {after_warm_up[0] / 2**20:.0f} -> {after_warm_up[-1] / 2**20:.0f} MiB (most {growth:.1f} MiB "
+          f"above), server latency {stats.latency.describe()}")
+    assert growth < 64, growth
