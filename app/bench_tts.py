@@ -53,7 +53,7 @@ def bench_tts(args: Any) -> None:
           f"memory, {args.frames} audio frames", flush=True)
     start = time.perf_counter()
     model = _random_model(config, quant, DTYPES[args.dtype])
-    weights = sum(v.nbytes for _, v in tree_flatten(model.lm.parameters()))
+    weights = sum({id(v): v.nbytes for _, v in tree_flatten(model.lm.parameters())}.values())  # shared once
     rng = np.random.default_rng(0)
     dim = model.lm.condition_provider.tensor_dim("speaker_wavs")
     voice = mx.array(rng.normal(size=(1, dim, 125)).astype(np.float32))

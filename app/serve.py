@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import secrets
 import socket
@@ -156,7 +155,8 @@ def address(args: argparse.Namespace, access: str | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     interrupt_on_termination()
-    from moshi_mlx.server.web import Server, is_loopback, serve, ssl_context  # aiohttp: only for this command
+    from moshi_mlx.server.main_thread import MainThreadExecutor, run  # aiohttp: only for this command
+    from moshi_mlx.server.web import Server, is_loopback, ssl_context
 
     local = is_loopback(args.host)
     if not local and args.ssl is None:
@@ -172,12 +172,11 @@ def main(argv: list[str] | None = None) -> None:
                           else None)
     static = "page" if args.static is None else None if args.static == "none" else args.static
     server = Server(pipeline, token=access, static=static, outputs=conversation_files(args),
-                    max_backlog=args.max_backlog, log=log)
+                    max_backlog=args.max_backlog, log=log, inference=MainThreadExecutor())
     try:
         server.warm_up()
         url = address(args, access)
-        asyncio.run(serve(server, args.host, args.port, context,
-                          on_ready=lambda: log(f"Moshi is ready at {url} (Ctrl-C to stop)")))
+        run(server, args.host, args.port, context, on_ready=lambda: log(f"Moshi is ready at {url} (Ctrl-C to stop)"))
     finally:
         server.close()
         pipeline.close()

@@ -74,7 +74,7 @@ class Session:
         self.steps = event.index + 1
         self._send(self.words.add(event.index, event.text_token, event.text))
         if self.turns is not None:
-            self.turns.update(event.index, getattr(event, "extra_heads", None))
+            self.turns.update(event.index, event.extra_heads)
             for moment in self.turns.due(event.index):
                 self._turn(moment)
 
@@ -135,8 +135,8 @@ def transcribe_file(args: argparse.Namespace) -> None:
     check_outputs(outputs, model_inputs(args), source=args.input)
     files = resolve_stt_files(args)
     check_outputs(outputs, model_inputs(args, files), source=args.input)
-    check_model_files(files)
     settings = SttSettings.of(files.config, args.vad, config_source(args, files))
+    check_model_files(files)
     # -o and --transcript are written to temporary files, renamed into place once the file is done (or stopped).
     out = AtomicFile(args.out) if args.out else None
     lines = AtomicFile(args.transcript) if args.transcript else None

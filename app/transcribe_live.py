@@ -161,8 +161,8 @@ def listen(args: argparse.Namespace) -> None:
     input_device = find_device(args.input_device, "input")
     files = resolve_stt_files(args)
     check_outputs(outputs, model_inputs(args, files))
-    check_model_files(files)
     settings = SttSettings.of(files.config, args.vad, config_source(args, files))
+    check_model_files(files)
     settings = dataclasses.replace(settings, timing=Timing(settings.timing.delay_s))  # no silence before a microphone
     pipeline = load_stt(args, files)
     model = model_label(args, files)

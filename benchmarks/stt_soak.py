@@ -9,8 +9,8 @@ few seconds, with how far into the input it is (the end of the last word written
 `--codec stand-in` replaces Mimi by a codec that costs nothing (`devtools.stt_stand_ins.CheapCodec`), so a whole hour
 goes through in minutes: the file path's own memory (reading, resampling, the model, the words, the writers);
 `rust` and `mlx` run the real Mimi (slower than real time on a small CPU: `--limit-minutes` stops the run with
-Ctrl-C, which also exercises the interrupted path). Reports the memory in the first and last tenth of the run and
-its growth per hour of audio (a line fitted over the second half).
+Ctrl-C, which also exercises the interrupted path). Reports the lows and highs of resident memory per quarter of
+the run, and how far the lows moved from the second quarter to the last.
 """
 
 from __future__ import annotations
@@ -117,25 +117,27 @@ def soak(minutes: float, codec: str, limit_minutes: float, every_s: float, folde
 
 
 def report(samples: list, minutes: float, codec: str, code: int, err: str, out: Path) -> dict:
+    """Lows and highs of resident memory per quarter of the run (Mimi's renewals make a sawtooth: a successor holds
+    a second copy of its weights while it primes), and the growth of the lows over the second half."""
     placed = [(t, rss, pos) for t, rss, pos in samples if pos is not None]
-    tenth = max(1, len(placed) // 10)
-    first, last = placed[:tenth], placed[-tenth:]
-    half = placed[len(placed) // 2 :]
-    slope = np.polyfit([p for _, _, p in half], [r for _, r, _ in half], 1)[0] * 3600 if len(half) > 2 else None
+    quarters = [placed[i * len(placed) // 4 : (i + 1) * len(placed) // 4] for i in range(4)] if len(placed) >= 8 else []
+    windows = [(q[0][2] / 60, q[-1][2] / 60, min(r for _, r, _ in q), max(r for _, r, _ in q)) for q in quarters]
+    lows = [low for _, _, low, _ in windows]
     words = len(json.loads(out.read_text())["words"]) if out.exists() else 0
     result = {
         "codec": codec, "input_minutes": minutes, "exit": code, "wall_minutes": samples[-1][0] / 60 if samples else 0,
         "reached_minutes": (placed[-1][2] / 60) if placed else 0, "words": words,
-        "rss_first_tenth_mb": float(np.median([r for _, r, _ in first])) if first else None,
-        "rss_last_tenth_mb": float(np.median([r for _, r, _ in last])) if last else None,
+        "quarters": [dict(zip(("from_min", "to_min", "low_mb", "high_mb"), w, strict=True)) for w in windows],
         "rss_peak_mb": max((r for _, r, _ in samples), default=None),
-        "growth_mb_per_audio_hour": None if slope is None else float(slope),
-        "stderr_tail": err.strip().splitlines()[-2:],
+        "lows_growth_mb": lows[-1] - lows[1] if len(lows) == 4 else None,
+        "samples": samples, "stderr_tail": err.strip().splitlines()[-2:],
     }
     print(f"{codec}: {result['reached_minutes']:.1f} of {minutes:g} min of audio in {result['wall_minutes']:.1f} min "
-          f"(exit {code}), {words} words; RSS first tenth {result['rss_first_tenth_mb']:.1f} MB, last tenth "
-          f"{result['rss_last_tenth_mb']:.1f} MB, peak {result['rss_peak_mb']:.1f} MB; growth over the second half "
-          f"{result['growth_mb_per_audio_hour']:+.1f} MB per hour of audio")
+          f"(exit {code}), {words} words; resident memory low-high per quarter of the run:")
+    for start, end, low, high in windows:
+        print(f"  audio {start:5.1f}-{end:5.1f} min: {low:7.1f} - {high:7.1f} MB")
+    print(f"  peak {result['rss_peak_mb']:.1f} MB; the lows moved {result['lows_growth_mb']:+.1f} MB from the second "
+          "quarter to the last")
     return result
 
 

@@ -137,6 +137,8 @@ def offline_hint() -> str:
 
 
 def download_command(repo: str, quant: str = "q4") -> str:
+    if (known := catalog.by_repo(repo)) is not None:
+        return f"moshi-mlx download --model {known.name}"
     return f"moshi-mlx download --hf-repo {repo} -q {quant.removeprefix('q')}"
 
 

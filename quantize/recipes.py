@@ -45,7 +45,7 @@ RECIPES = ("uniform", "mixed")
 
 _GROUPS = (
     ("embeddings", r"^(text_emb|audio_embs\.\d+)$"),
-    ("text_linear", r"^text_linear$"),
+    ("text_linear", r"^(text_linear|extra_heads\.\d+)$"),  # the text head, and STT's voice-activity heads
     ("temporal.attention", r"^transformer\.layers\.\d+\.self_attn\."),
     ("temporal.mlp", r"^transformer\.layers\.\d+\.(gating|linear1|linear2)"),
     ("depformer", r"^depformer\."),

@@ -230,3 +230,24 @@ def test_outputs_never_overwrite_the_input_or_each_other(tmp_path, tiny_model, c
         assert e.value.code == 1 and err.startswith(message) and err.count("\n") == 1, err
     assert source.read_bytes() == before and not (tmp_path / "o.wav").exists()
 
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_persona_model"])
+def test_warmup_reaches_the_first_decode(model, request):
+    """The warm-up runs until Moshi's first audio is decoded (step 1 for Moshi, step 2 for PersonaPlex), so the
+    decoder's first call is not paid live; then the pipeline starts afresh."""
+    pipeline = request.getfixturevalue(model).load_pipeline(mimi="rust")
+    decoded, decode = [], pipeline.decode
+
+    def counted(step):
+        out = decode(step)
+        decoded.append(out[1] is not None)
+        return out
+
+    pipeline.decode = counted
+    try:
+        pipeline.warmup(2)
+    finally:
+        pipeline.decode = decode
+        pipeline.close()
+    assert decoded[-1] and not any(decoded[:-1]) and pipeline.gen.step_index == 0

@@ -79,7 +79,7 @@ def run(wav, tmp_path, *args, env):
     (["--model", "personaplex", "--hf-repo", "kyutai/moshiko-mlx-q4"], f"--model personaplex is {PERSONAPLEX}: leave "
      "out --hf-repo kyutai/moshiko-mlx-q4"),
     (["--model", "personaplex"], f"voices.tgz of {PERSONAPLEX} is not in the Hugging Face cache and cannot be "
-     f"downloaded now (offline: HF_HUB_OFFLINE is set); run `moshi-mlx download --hf-repo {PERSONAPLEX} -q bf16`"),
+     "downloaded now (offline: HF_HUB_OFFLINE is set); run `moshi-mlx download --model personaplex` while online"),
     (["--model", "personaplex-rl", "--voice-prompt", "voice.wav"],
      "model.safetensors of kyutai/personaplex-rl-seamless is not in the Hugging Face cache"),
 ])
@@ -201,3 +201,23 @@ def test_header_shows_the_persona():
     console.print(view.render(console))
     first = console.export_text().splitlines()[0]
     assert first == 'persona: "You are a patient French teacher." · voice NATF2'
+
+
+def test_gated_repo_says_how_to_get_in(monkeypatch):
+    """The later checkpoints are gated: a refused download says to accept the licence and log in."""
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import GatedRepoError
+
+    from moshi_mlx import MoshiError, hub
+
+    def refuse(*args, **kwargs):
+        response = SimpleNamespace(headers={}, status_code=403, url="https://huggingface.co", request=None)
+        raise GatedRepoError("Access to model nvidia/personaplex-7b-v1 is restricted.", response=response)
+
+    monkeypatch.setattr(hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
+    with pytest.raises(MoshiError) as caught:
+        hub.fetch(PERSONAPLEX, "voices.tgz", cached_first=False)
+    assert str(caught.value) == (f"{PERSONAPLEX} is gated: accept its licence on https://huggingface.co/{PERSONAPLEX} "
+                                 "while logged in, then log in here (`hf auth login`, or set HF_TOKEN)")

@@ -288,3 +288,15 @@ def test_hugging_face_repo_input_offline(bf16, tmp_path):
     missing = cli("someone/not-cached", "-o", str(tmp_path / "none"))
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.count("\n") == 1 and missing.stderr.startswith("error: ")
+
+
+def test_an_stt_model_with_voice_activity_heads_has_a_plan():
+    """STT's extra heads are output heads: quantized as the text head is (8 bits in the mixed recipe)."""
+    from moshi_mlx.model.stt_presets import stt_preset
+
+    config = stt_preset("stt-1b")
+    assert config.extra_heads_num_heads > 0
+    for plan in (make_plan(config, 4), make_plan(config, recipe="mixed")):
+        heads = {path: spec for path, spec in plan.items() if path.startswith("extra_heads.")}
+        assert len(heads) == config.extra_heads_num_heads and all(spec is not None for spec in heads.values())
+    assert make_plan(config, recipe="mixed")["extra_heads.0"].bits == 8

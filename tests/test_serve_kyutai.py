@@ -8,6 +8,7 @@ reference venv of /work/shared/reference/README.md: `MOSHI_PT_PYTHON=/tmp/pt/bin
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,12 +73,20 @@ def test_kyutai_terminal_client_talks_with_serve(virtual_audio, tiny_model, tmp_
                 process.kill()
     print("--- moshi.client printed ---\n" + client_out + "\n--- moshi-mlx serve printed ---\n" + server_out)
     assert server.returncode == 0, server_out
-    assert "connected!" in client_out and "Lost connection" not in client_out, client_out
+    # Ctrl-C makes Kyutai's client print "Lost connection" as its microphone callback meets the closed socket,
+    # whatever the server: what counts is that the server saw a whole, well-formed conversation.
+    assert "connected!" in client_out, client_out
+    (ended,) = [line for line in server_out.splitlines() if "conversation 1 ended" in line]
+    frames = int(re.search(r" (\d+) frames", ended).group(1))
+    assert frames >= 40 and "faster" not in ended and "not Ogg" not in ended, ended
     (transcript,) = (tmp_path / "t").iterdir()
     words = " ".join(line.split("] ", 1)[-1] for line in transcript.read_text().splitlines()).split()
     assert words, server_out
-    printed = client_out.replace("\n", " ")
-    assert sum(word.strip(".,!?") in printed for word in words) >= 0.8 * len(words), (words, client_out)
+    # Its text pieces, printed as they came, with its lag markers between them: the server's transcript (all but the
+    # last words, which come after the client was interrupted) must be what it printed.
+    printed = "".join(re.sub(r"\x1b\[[0-9;]*m|\[LAG\]", "", client_out).split())
+    said = "".join(words)
+    assert said[: int(0.8 * len(said))] in printed, (said, client_out)
     (recording,) = (tmp_path / "r").iterdir()
     user = soundfile.read(recording, dtype="float32")[0][:, 0]
     assert np.sqrt(np.mean(user**2)) > 0.01  # Kyutai's client sent its microphone

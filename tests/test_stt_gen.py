@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moshi_mlx import LmConfig, MoshiError
+from moshi_mlx import LmConfig, MoshiError, load_codec
 from moshi_mlx.devtools.opcount import OpCounter
 from moshi_mlx.devtools.random_lm import random_lm, tiny_config
 from moshi_mlx.devtools.tiny_stt import tiny_stt_config, write_tiny_stt
@@ -138,3 +138,15 @@ def test_tiny_stt_model_runs_through_the_pipeline(tmp_path, mimi_weights):
         assert pcm is None and event.index == i and event.extra_heads.shape == (4, 6)
         assert event.decode_ms == 0.0
     assert "--moshi-weights" in tiny.cli_args()
+
+
+def test_rustymimi_renews_at_32_codebooks(mimi_weights):
+    """Each renewed tokenizer is opened at the codec's 32 codebooks too."""
+    codec = load_codec(mimi_weights, backend="rust", num_codebooks=32, max_seq_len=80, renew_every=10, prime_frames=8)
+    audio = np.random.default_rng(1).standard_normal(36 * 1920).astype(np.float32) * 0.1
+    try:
+        for i in range(36):
+            assert codec.encode(audio[i * 1920 : (i + 1) * 1920]).shape == (32,)
+        assert codec.renewals >= 1
+    finally:
+        codec.close()

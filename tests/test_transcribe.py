@@ -299,3 +299,27 @@ def test_bench_says_whether_the_machine_keeps_up(quant, capsys, monkeypatch):
     assert re.search(r"frame loop \(as `moshi-mlx transcribe` runs it\): 3 frames in [\d.]+ s, real-time factor", out)
     assert re.search(rf"verdict: {name} (keeps up with live speech on this machine with \d+ % headroom: words come "
                      r"about 0\.66 s|does not keep up with live speech on this machine)", out), out
+
+
+def test_same_words_as_kyutais_run_inference(mimi_weights, tmp_path, capsys):
+    """`moshi-mlx transcribe` over a WAV prints the words Kyutai's PyTorch `run_inference` printed over it (the same
+    random weights, greedy, float32; fixture by tests/fixtures/make_stt_fixtures.py)."""
+    import mlx.core as mx
+    from test_stt_parity import FIXTURES, config, file_run, pytorch_weights
+
+    from moshi_mlx.devtools.tiny_tokenizer import write_tiny_tokenizer
+
+    run, cfg = file_run(), config()
+    weights = tmp_path / "model.safetensors"
+    mx.save_safetensors(str(weights), {n: mx.array(w) for n, w in pytorch_weights().items()})
+    tokenizer = write_tiny_tokenizer(tmp_path / "tokenizer.model", vocab_size=cfg.text_card)
+    source = tmp_path / "in.wav"
+    soundfile.write(str(source), run["input_i16"], 24000, subtype="PCM_16")
+    out, _ = run_cli(capsys, ["transcribe", source, "--moshi-weights", weights, "--config", FIXTURES / "stt_tiny.json",
+                              "--mimi-weights", mimi_weights, "--tokenizer", tokenizer, "--dtype", "float32",
+                              "--mimi", "rust"])
+    sp = load_text_tokenizer(tokenizer)
+    # What run_inference prints: every piece but 0 and 3 (its first step is the repeated first frame, not printed).
+    printed = "".join(sp.id_to_piece(int(t)).replace("\u2581", " ") for t in run["steps"][1:] if t not in (0, 3))
+    assert not any(sp.is_control(int(t)) for t in run["steps"][1:])
+    assert len(printed.split()) >= 3 and out.split() == printed.split()

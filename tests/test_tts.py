@@ -118,6 +118,15 @@ def test_voice_by_name_comes_from_the_cache(tmp_path, monkeypatch):
     assert seen["file"] == ("kyutai/tts-voices", "expresso/ex03.1e68beda@240.safetensors")
 
 
+def test_voice_offline_is_one_line(monkeypatch):
+    def fetch(repo, filename, *args, **kwargs):
+        raise MoshiError(f"{filename} of {repo} is not in the Hugging Face cache and cannot be downloaded now (...)")
+
+    monkeypatch.setattr("moshi_mlx.tts.voices.fetch", fetch)
+    with pytest.raises(MoshiError, match="use it once while online, or give a voice file"):
+        find_voice("expresso/ex03", {"sig": "1e68beda", "epoch": 240})
+
+
 # --- say ------------------------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ def _tokenizer():
     return sentencepiece.SentencePieceProcessor(model_file=str(FIXTURES / "tts_tokenizer.model"))
 
 
-def _generate(name: str):
+def _generate(name: str, compile: bool = True):
     record, trace, lm = _load(name)
     cfg, run = lm.config, record["run"]
     ids = TokenIds(cfg.text_card + 1)
@@ -45,7 +45,7 @@ def _generate(name: str):
     if run["cfg_coef"] != 1.0:
         attributes.append(attributes[0].dropped())
     gen = TtsGen(lm, machine, record["delay_steps"], temp=0.0, cfg_coef=run["cfg_coef"],
-                 cfg_is_no_text=run["cfg_is_no_text"], padding_bonus=run["padding_bonus"])
+                 cfg_is_no_text=run["cfg_is_no_text"], padding_bonus=run["padding_bonus"], compile=compile)
     gen.keep_logits = True
     result = gen.generate(entries, prepare(lm, attributes), final_padding=4)
     return record, trace, entries, result, gen
@@ -60,9 +60,9 @@ def test_entries_match_kyutai(name):
     assert entries == expected
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_generation_matches_kyutai(name):
-    record, trace, entries, result, gen = _generate(name)
+@pytest.mark.parametrize("name, compile", [(v, True) for v in VARIANTS] + [("distilled", False)])
+def test_generation_matches_kyutai(name, compile):
+    record, trace, entries, result, gen = _generate(name, compile)
     assert [list(t) for t in result.logged_text_tokens] == record["logged_text_tokens"]
     assert len(result.logged_text_tokens) == record["steps"]
     assert result.end_step == record["end_step"]

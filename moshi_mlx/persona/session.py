@@ -82,7 +82,7 @@ class PrefillReport:
         per_step = 1000 * (self.total_s - self.encode_s) / max(self.steps, 1)
         encode = f", the voice encoded in {self.encode_s:.1f} s" if self.encode_s else ""
         return (f"Persona read: {self.steps} steps ({self.steps * FRAME_S:.1f} s of prompt) in {self.total_s:.1f} s"
-                f" ({per_step:.0f} ms a step{encode})")
+                f" ({per_step:.3g} ms a step{encode})")
 
 
 def run_prefill(gen: Any, codec: Codec, persona: Persona,

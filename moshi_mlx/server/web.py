@@ -9,7 +9,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -53,16 +53,18 @@ def page_path() -> Path:
 class Server:
     """One model served over Kyutai's protocol, to one client at a time; others are told it is busy.
 
-    All the model's work runs on one thread (`inference`), conversation after conversation. `static`: our page
+    All the model's work runs on one thread (`inference`: by default a thread of its own; `moshi-mlx serve` gives
+    the main thread, `main_thread.py`), conversation after conversation. `static`: our page
     (default), a directory served as Kyutai's server serves one (its `index.html` at `/`), or None for no page.
     `token`: when set, `/api/chat` needs `?token=...` and answers 403 without it.
     """
 
     def __init__(self, pipeline: Pipeline, token: str | None = None, static: Path | None | str = "page",
-                 outputs: Outputs | None = None, max_backlog: int = 2, log: Callable[[str], None] = print):
+                 outputs: Outputs | None = None, max_backlog: int = 2, log: Callable[[str], None] = print,
+                 inference: Executor | None = None):
         self.pipeline, self.token, self.static, self.outputs = pipeline, token, static, outputs
         self.max_backlog, self.log = max_backlog, log
-        self.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moshi-inference")
+        self.inference = inference or ThreadPoolExecutor(max_workers=1, thread_name_prefix="moshi-inference")
         self.current: Conversation | None = None
         self.last: Conversation | None = None  # the last conversation that ended (its `result`)
         self.conversations = 0

@@ -244,11 +244,14 @@ class Pipeline:
     def warmup(self, frames: int = 2) -> None:
         """Run a few frames of silence (first calls compile and allocate), then start afresh.
 
-        Two frames at least when any: Moshi's first audio (and so the first decode) comes at step 1.
+        Two frames at least when any, and on until the first decode when the model speaks: Moshi's first audio
+        comes at step 1, PersonaPlex's at step 2; a speech-to-text model has none.
         """
         if frames <= 0:
             return
         silence = np.zeros(self.frame_size, np.float32)
-        for _ in range(max(frames, 2)):
-            self.step(silence)
+        speaks, decoded, done = self.gen.cfg.dep_q > 0, False, 0
+        while done < max(frames, 2) or (speaks and not decoded and done < frames + 4):
+            decoded = self.step(silence)[1] is not None or decoded
+            done += 1
         self.reset()

@@ -9,7 +9,8 @@ any padding after them) in between (Kyutai's timestamp script, delayed-streams-m
 scripts/stt_from_file_pytorch.py). A word that follows another with no 0 between starts at its first piece and
 ends the word before it. The last word, if no 0 follows it, ends one second after its start or where the audio
 ends, whichever is first (the same script). Times are clamped to the input (a word of the prefix starts at 0).
-Padding (3) does not end a word; a piece that does not begin with a space continues the word before it.
+Padding (3) does not end a word; a piece that does not begin with a space continues the word before it (after a 0
+it makes a word of its own, timed by the 0s around it, but is shown glued on, as the model wrote it).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class WordAssembler:
                 self._end_word(start, update)
                 self._start, self._after_gap = start, None
                 self._text = piece.strip()
-                self._pending = " " + self._text
+                # Shown as the model wrote it: a piece without a leading space is glued on even after a 0.
+                self._pending = (" " if piece.startswith(" ") else "") + self._text
         return update
 
     def finish(self) -> Update:

@@ -23,6 +23,7 @@ from ..model.lm import Lm
 from .conditions import Conditions
 from .script import Entry
 from .state_machine import State, StateMachine
+from .temporal import Temporal
 
 
 @dataclass
@@ -84,6 +85,7 @@ class TtsGen(LmGen):
         super().__init__(lm, temp=temp, temp_text=temp, top_k=top_k, top_k_text=top_k_text, seed=seed,
                          compile=False)
         # The depth transformer's steps have fixed shapes: one compiled function (the random state in and out).
+        self._temporal = Temporal(lm, compile)
         self._depth_fn = self._depth
         if compile:
             self._depth_fn = partial(mx.compile, inputs=[lm.state, mx.random.state],
@@ -133,8 +135,8 @@ class TtsGen(LmGen):
             raise RuntimeError("collect each TTS step before submitting the next")
         t, ids = self.step_index, self.machine.token_ids
         pad_out, word_out = self.machine.branches(t, self.state)
-        hidden, text_logits = self.lm.temporal(self._input_tokens(), self.cache, self.conditions.sum,
-                                               self.conditions.cross_kv)
+        hidden, text_logits = self._temporal(self._input_tokens(), self.cache, self.conditions.sum,
+                                             self.conditions.cross_kv)
         text_logits = text_logits[:, -1].astype(mx.float32)
         text_logits = text_logits[:1] if self.cfg_is_no_text or self.batch == 1 else self._cfg(text_logits)
         if self.padding_bonus:

@@ -43,6 +43,9 @@ def find_voice(voice: str, model_id: dict | None, repo: str = VOICE_REPO) -> Pat
     try:
         return fetch(check_repo_id(repo), voice + suffix)
     except MoshiError as e:
+        if "cannot be downloaded now" in str(e):
+            raise MoshiError(f"voice {voice!r} is not in the Hugging Face cache and cannot be downloaded now "
+                             "(offline): use it once while online, or give a voice file (.safetensors)") from None
         if "has no file" not in str(e):
             raise
         raise MoshiError(f"unknown voice {voice!r}: {repo} has no {voice + suffix} (the voices are listed at "
