@@ -45,6 +45,9 @@ class KyutaiClient:
         self.close_reason = ""
         self.keep_audio = True  # False: count Moshi's audio, keep none (long runs)
         self.samples = 0
+        self.frames_sent = 0
+        self._sent_at: dict[int, float] = {}  # our frame -> when it was sent (the last few hundred)
+        self.round_trips_ms: list[float] = []  # our frame sent -> the page answering it received
         self._task: asyncio.Task | None = None
 
     async def handshake(self, timeout: float = 120.0) -> bytes:
@@ -75,6 +78,9 @@ class KyutaiClient:
                 self.errors.append(payload.decode("utf-8"))
             elif kind == 0x10:
                 self.stats.append(json.loads(payload))
+                sent = self._sent_at.pop(self.stats[-1]["answers"], None)
+                if sent is not None:
+                    self.round_trips_ms.append(1000 * (asyncio.get_running_loop().time() - sent))
         self.close_code = self.ws.close_code
         self.close_reason = getattr(self.ws, "_close_message", "") or ""
 
@@ -88,6 +94,9 @@ class KyutaiClient:
         frames = frames_of(audio)
         for i, frame in enumerate(frames):
             await self.ws.send_bytes(self.page(frame))
+            self._sent_at[self.frames_sent] = loop.time()
+            self._sent_at.pop(self.frames_sent - 500, None)
+            self.frames_sent += 1
             if frame_s is not None:
                 await asyncio.sleep(max(0.0, start + (i + 1) * frame_s - loop.time()))
         return len(frames)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -336,6 +337,7 @@ def test_soak_through_the_websocket(pipeline):
                 sent += await client.send_audio(chunk)
                 memory.append((time.monotonic(), current_rss_bytes()))
                 client.stats = client.stats[-1:]
+                client.round_trips_ms = client.round_trips_ms[-2000:]
             await asyncio.sleep(1.0)
             await client.finish(timeout=60)
             return client, sent, server.last
@@ -350,5 +352,30 @@ def test_soak_through_the_websocket(pipeline):
     growth = (max(after_warm_up) - after_warm_up[0]) / 2**20
     print(f"soak: {minutes:g} min, {sent} frames sent, {stats.processed} processed, {stats.dropped} skipped, "
           f"memory {after_warm_up[0] / 2**20:.0f} -> {after_warm_up[-1] / 2**20:.0f} MiB (most {growth:.1f} MiB "
-          f"above), server latency {stats.latency.describe()}")
+          f"above), server latency {stats.latency.describe()}; round trip through the socket, median of the last "
+          f"{len(client.round_trips_ms)} frames: {np.median(client.round_trips_ms):.0f} ms")
     assert growth < 64, growth
+
+
+def test_ssl_folder_and_address(tmp_path, capsys):
+    """--ssl needs cert.pem and key.pem (one line when not); with them, an https context and an https address that
+    carries the token."""
+    from moshi_mlx.app import cli
+    from moshi_mlx.app.serve import address, parse_args
+
+    from moshi_mlx.server.web import ssl_context
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["serve", "--host", "0.0.0.0", "--ssl", str(tmp_path)])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "has no cert.pem and no key.pem" in err and err.count("\n") == 1
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=moshi",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    assert ssl_context(tmp_path) is not None
+    args = parse_args(["--host", "0.0.0.0", "--ssl", str(tmp_path), "--port", "9000"])
+    assert address(args, "abcdefgh12").startswith("https://") and address(args, "abcdefgh12").endswith(
+        ":9000/?token=abcdefgh12")

@@ -72,6 +72,12 @@ def test_padding_does_not_end_a_word_and_pieces_without_a_space_continue_it():
     assert "".join(texts) == " Hello" and texts[12] == " Hel"  # shown at the padding; "lo" glued on after
 
 
+def test_a_piece_without_a_space_after_an_end_of_padding_is_a_word_shown_glued_on():
+    texts, words, _ = feed(script_of(0, " you", 0, ":", 0))
+    assert "".join(texts) == " you:"  # as run_inference prints it
+    assert [w.text for w in words] == ["you", ":"] and words[1].start == pytest.approx(13 * F - 0.64)
+
+
 def test_the_last_word_ends_a_second_after_its_start_or_at_the_end_of_the_audio():
     _, words, pending = feed(script_of(0, " end") + [(3, None)] * 40)
     assert pending == ""
