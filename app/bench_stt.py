@@ -50,15 +50,11 @@ def random_stt(model: str, quant: str, dtype: mx.Dtype) -> Lm:
     mx.random.seed(0)
     lm = Lm(stt_config(model))
     lm.set_dtype(dtype)
-    if quant != "bf16":  # every Linear and Embedding at Kyutai's group size, as its q4 / q8 Moshi files
-        bits = int(quant)
-        group = 32 if bits == 4 else 64
+    if quant != "bf16":
+        from moshi_mlx.quantize.recipes import make_plan
 
-        def quantized(path: str, module: nn.Module) -> bool:
-            return (isinstance(module, nn.Linear | nn.Embedding) and module.weight.shape[-1] % group == 0
-                    and not path.startswith("extra_heads"))  # six rows each: nothing to gain
-
-        nn.quantize(lm, group_size=group, bits=bits, class_predicate=quantized)
+        plan = make_plan(lm.config, bits=int(quant))
+        nn.quantize(lm, class_predicate=lambda path, _: plan[path].to_dict() if plan.get(path) else False)
     for _, value in tree_flatten(lm.parameters()):
         mx.eval(value)
     lm.eval()

@@ -12,11 +12,13 @@ from moshi_mlx import MoshiError, Pipeline, hub
 from moshi_mlx.codec import BACKENDS, SAMPLE_RATE, choose_backend
 from moshi_mlx.stream.words import Timing, TurnDetector
 
-from .memory import check_fits
+from .memory import check_fits, needed_gib, total_memory_gib
 from .model_args import DTYPES, add_dtype_arg, codec_line, dtype_note, quantization_note
 from .parser import repo_id, seed, temperature
 
 STT_MODELS = ("stt-1b", "stt-2.6b")
+# bf16 tensor sizes of the released weights (from their configs' shapes: 0.99 and 2.62 billion parameters).
+STT_WEIGHTS_GIB = {"stt-1b": 1.84, "stt-2.6b": 4.87}
 
 
 def add_stt_model_args(parser: argparse.ArgumentParser) -> None:
@@ -81,10 +83,21 @@ def resolve_stt_files(args: argparse.Namespace) -> hub.ModelFiles:
     repo = args.hf_repo
     if repo is None and not local:
         repo = hub.stt_repo(args.model, quant, vad=args.vad)
+        if args.moshi_weights is None:
+            check_stt_fits(args.model)  # before anything is downloaded
     files = hub.resolve_files(hf_repo=repo, quant=quant, moshi_weights=args.moshi_weights,
                               mimi_weights=args.mimi_weights, tokenizer=args.tokenizer, config=args.config)
     check_fits(files.quant, files.moshi_weights)
     return files
+
+
+def check_stt_fits(model: str) -> None:
+    """One line when the model cannot fit in this machine's memory (as `chat` says it for Moshi)."""
+    total, need = total_memory_gib(), needed_gib(STT_WEIGHTS_GIB[model])
+    if need > total:
+        hint = "; use --model stt-1b" if model != "stt-1b" and needed_gib(STT_WEIGHTS_GIB["stt-1b"]) <= total else ""
+        raise MoshiError(f"not enough memory for {model}: it needs about {need:.1f} GiB and this machine has "
+                         f"{total:.1f} GiB{hint}")
 
 
 def model_label(args: argparse.Namespace, files: hub.ModelFiles) -> str:

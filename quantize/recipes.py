@@ -12,6 +12,10 @@ from moshi_mlx import Lm, LmConfig, MoshiError
 
 # Kyutai's published files: q4 in groups of 32, q8 in groups of 64.
 DEFAULT_GROUP_SIZE = {4: 32, 8: 64}
+# Kyutai ships its TTS models in bf16 only; its moshi_mlx `run_tts -q` quantizes the depth transformer and the
+# temporal layers' self-attention and MLP, with MLX's default group size, and keeps the rest in bf16.
+TTS_GROUPS = ("temporal.attention", "temporal.mlp", "depformer")
+TTS_GROUP_SIZE = 64
 GROUP_SIZES = (32, 64, 128)
 
 
@@ -41,14 +45,18 @@ MIXED: dict[str, QuantSpec] = {
     "temporal.mlp": Q4,
     "depformer": Q8,
 }
+# The TTS parts Moshi lacks, in the mixed recipe: the conditioners run once per text and stay as released.
+MIXED_TTS: dict[str, QuantSpec | None] = {"temporal.cross_attention": Q8, "conditioners": None}
 RECIPES = ("uniform", "mixed")
 
 _GROUPS = (
-    ("embeddings", r"^(text_emb|audio_embs\.\d+)$"),
+    ("embeddings", r"^(text_emb(\.out\d)?|audio_embs\.\d+)$"),  # with TTS's second text stream projections
     ("text_linear", r"^(text_linear|extra_heads\.\d+)$"),  # the text head, and STT's voice-activity heads
     ("temporal.attention", r"^transformer\.layers\.\d+\.self_attn\."),
+    ("temporal.cross_attention", r"^transformer\.layers\.\d+\.cross_attention\."),
     ("temporal.mlp", r"^transformer\.layers\.\d+\.(gating|linear1|linear2)"),
-    ("depformer", r"^depformer\."),
+    ("depformer", r"^depformer\."),  # its low-rank embeddings too, as Kyutai's nn.quantize(depformer) does
+    ("conditioners", r"^condition_provider\."),
 )
 
 
@@ -77,18 +85,22 @@ def make_plan(
     """Precision of every quantizable module (None: kept in bf16).
 
     `uniform` quantizes every Linear and Embedding at `bits` (Kyutai's group size unless `group_size`), as
-    Kyutai's q4/q8 files; `mixed` follows `MIXED`. `groups` maps group names to specs (or None for bf16) and
+    Kyutai's q4/q8 files; for a TTS model, only `TTS_GROUPS` in groups of 64, as Kyutai's `run_tts -q`;
+    `mixed` follows `MIXED`. `groups` maps group names to specs (or None for bf16) and
     overrides the recipe, for measuring one group at a time.
     """
     if recipe not in RECIPES:
         raise MoshiError(f"unknown recipe {recipe!r}: use {' or '.join(RECIPES)}")
+    tts = config.tts_config is not None
     if recipe == "uniform":
-        uniform = QuantSpec(bits, group_size or DEFAULT_GROUP_SIZE[bits])
-        by_group: dict[str, QuantSpec | None] = {group: uniform for group, _ in _GROUPS}
+        uniform = QuantSpec(bits, group_size or (TTS_GROUP_SIZE if tts else DEFAULT_GROUP_SIZE[bits]))
+        by_group: dict[str, QuantSpec | None] = {
+            group: uniform if not tts or group in TTS_GROUPS else None for group, _ in _GROUPS}
     else:
-        by_group = {g: QuantSpec(s.bits, group_size or s.group_size) for g, s in MIXED.items()}
+        by_group = {g: s and QuantSpec(s.bits, group_size or s.group_size) for g, s in {**MIXED, **MIXED_TTS}.items()}
     for spec in by_group.values():
-        check_quantizable(spec)
+        if spec is not None:
+            check_quantizable(spec)
     by_group.update(groups or {})
     plan = {}
     for path, shape in quantizable_modules(config).items():

@@ -234,21 +234,29 @@ def test_token_is_asked_when_set(pipeline):
         server.close()
 
 
-@pytest.mark.parametrize("static", ["page", None])
-def test_page(pipeline, static):
-    server = Server(pipeline, static=static, log=lambda line: None)
+@pytest.mark.parametrize("static", ["page", None, "folder"])
+def test_page(pipeline, static, tmp_path):
+    """Our page; no page (`--static none`); or a folder served as Kyutai's server serves its client's build."""
+    if static == "folder":
+        (tmp_path / "assets").mkdir()
+        (tmp_path / "index.html").write_text("<html>Kyutai's client</html>")
+        (tmp_path / "assets" / "app.js").write_text("console.log(1)")
+    server = Server(pipeline, static=tmp_path if static == "folder" else static, log=lambda line: None)
 
     async def scenario():
         async with serving(server) as (site, session):
             response = await session.get(site.make_url("/"))
-            return response.status, response.content_type, await response.text()
+            asset = await session.get(site.make_url("/assets/app.js"))
+            return response.status, response.content_type, await response.text(), asset.status
 
     try:
-        status, kind, text = run(scenario())
+        status, kind, text, asset = run(scenario())
     finally:
         server.close()
     if static is None:
         assert status == 404
+    elif static == "folder":
+        assert (status, text, asset) == (200, "<html>Kyutai's client</html>", 200)
     else:
         assert status == 200 and kind == "text/html" and "getUserMedia" in text and "AudioWorklet" in text
 

@@ -237,6 +237,11 @@ def test_offline_without_the_model_in_the_cache(wav, tmp_path, capsys, monkeypat
     assert "stt-2.6b has no voice-activity heads" in err, err
     err = refused(capsys, ["transcribe", wav, "--model", "stt-1b", "-q", "4"])
     assert "Kyutai publishes stt-1b in bf16 only" in err, err
+    monkeypatch.setenv("MOSHI_MLX_TOTAL_MEMORY_GB", "8")
+    err = refused(capsys, ["transcribe", wav, "--model", "stt-2.6b"])
+    assert err == "error: not enough memory for stt-2.6b: it needs about 8.4 GiB and this machine has 8.0 GiB; use " \
+                  "--model stt-1b\n", err
+    monkeypatch.delenv("MOSHI_MLX_TOTAL_MEMORY_GB")
     err = refused(capsys, ["download", "--model", "stt-1b", "--vad"])
     assert err.startswith("error: cannot download kyutai/stt-1b-en_fr-candle: HF_HUB_OFFLINE is set"), err
 

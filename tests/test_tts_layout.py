@@ -1,5 +1,5 @@
-"""Kyutai's `tts-1.6b-en_fr` config loads, and its checkpoint layouts (PyTorch, fused as released; MLX names as
-Kyutai's `moshi_mlx` names them) fit our model at the real shapes; bf16, q8 and q4.
+"""Kyutai's `tts-1.6b-en_fr` and `tts-0.75b-en-public` configs load, and their checkpoint layouts (PyTorch, fused
+as released; MLX names as Kyutai's `moshi_mlx` names them) fit our model at the real shapes; bf16, q8 and q4.
 
 Nothing is evaluated: MLX arrays are lazy. The config is the one Kyutai publishes (as mirrored publicly); the
 released file holds 418 tensors, 8 of them (the conditioners') float32.
@@ -10,7 +10,7 @@ import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
 
-from moshi_mlx.devtools.tiny_tts import TTS_1_6B
+from moshi_mlx.devtools.tiny_tts import TTS_0_75B, TTS_1_6B
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import Lm
 from moshi_mlx.model.pytorch_names import is_pytorch_layout, sanitize, to_pytorch_names
@@ -63,9 +63,30 @@ def test_released_pytorch_layout_has_kyutais_418_tensors():
     assert shapes(back) == shapes(ours)
 
 
+def test_0_75b_config_and_released_layout():
+    """16 codebooks, a 5-wide text head, no cross-attention, a `control` condition only; about 0.78 B parameters
+    (1.56 GB in bf16, which with Mimi makes the 2 GB download public mirrors list)."""
+    cfg = LmConfig.from_dict(TTS_0_75B)
+    assert (cfg.n_q, cfg.dep_q, cfg.text_out_card, cfg.cross_attention) == (16, 16, 5, False)
+    assert LmConfig.from_dict(cfg.to_dict()) == cfg
+    ours = dict(tree_flatten(lazy(TTS_0_75B).parameters()))
+    released = to_pytorch_names(ours, cfg, fused=True)
+    expected = {
+        "text_linear.weight": (5, 1024), "text_emb.weight": (8001, 1024), "emb.15.weight": (2049, 1024),
+        "transformer.layers.23.self_attn.in_proj_weight": (3072, 1024),
+        "depformer.layers.3.self_attn.in_proj_weight": (9 * 3072, 1024), "linears.15.weight": (2048, 1024),
+        "condition_provider.conditioners.control.embed.weight": (2, 1024),
+    }
+    assert {n: tuple(released[n].shape) for n in expected} == expected
+    assert not any("cross_attention" in n or "speaker_wavs" in n for n in released)
+    assert 0.75e9 < sum(v.size for v in released.values()) < 0.8e9
+    assert shapes(sanitize(released, cfg)) == shapes(ours)
+
+
 @pytest.mark.parametrize("fused", [False, True])
-def test_pytorch_names_map_back(fused):
-    model = lazy()
+@pytest.mark.parametrize("config", [TTS_1_6B, TTS_0_75B], ids=["1.6b", "0.75b"])
+def test_pytorch_names_map_back(fused, config):
+    model = lazy(config)
     ours = dict(tree_flatten(model.parameters()))
     _check_names(model, sanitize(to_pytorch_names(ours, model.config, fused=fused), model.config), _Path())
 
@@ -83,9 +104,10 @@ def test_kyutai_mlx_names():
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("whole", [False, True])
-def test_quantized_as_kyutai_loads(bits, whole):
+@pytest.mark.parametrize("config", [TTS_1_6B, TTS_0_75B], ids=["1.6b", "0.75b"])
+def test_quantized_as_kyutai_loads(bits, whole, config):
     """Quantized as Kyutai's run_tts does (depth transformer, the temporal layers' attention and MLP), or whole."""
-    model = lazy()
+    model = lazy(config)
     model.update(_bf16(model.parameters()))
     if whole:  # every table and projection whose width the group size divides
         nn.quantize(model, bits=bits, class_predicate=lambda p, m: hasattr(m, "to_quantized")
@@ -96,7 +118,7 @@ def test_quantized_as_kyutai_loads(bits, whole):
             nn.quantize(layer.self_attn, bits=bits)
             nn.quantize(layer.gating, bits=bits)
     weights = dict(tree_flatten(model.parameters()))
-    fresh = lazy()
+    fresh = lazy(config)
     found = _quantization_of(fresh, weights)
     assert {q["bits"] for q in found.values()} == {bits}
     nn.quantize(fresh, class_predicate=lambda p, m: found.get(p, False))

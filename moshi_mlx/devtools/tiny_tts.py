@@ -43,6 +43,17 @@ TTS_1_6B: dict[str, Any] = {
     "tts_config": {"audio_delay": 1.28, "second_stream_ahead": 2}, "model_id": {"sig": "1e68beda", "epoch": 240},
     "model_type": "tts", "lm_gen_config": {"temp": 0.6, "text_temp": 0.6},
 }
+# `kyutai/tts-0.75b-en-public` (model_id d6ef30c7@1000), as far as public sources give it (docs/tts.md says which
+# value comes from where; the layout, conditioners and schedule are inferred, not read from its config.json).
+TTS_0_75B: dict[str, Any] = {
+    **TTS_1_6B, "n_q": 16, "dep_q": 16, "delays": [0, 0] + [2] * 15, "dim": 1024, "num_layers": 24,
+    "text_card_out": 5, "cross_attention": False, "depformer_weights_per_step_schedule": list(range(8)) + [8] * 8,
+    "conditioners": {
+        "control": {"type": "lut", "lut": {"dim": 1024, "n_bins": 1, "tokenizer": "noop", "possible_values": ["ok"]}},
+    },
+    "fuser": {"sum": ["control"], "prepend": [], "cross": []},
+    "model_id": {"sig": "d6ef30c7", "epoch": 1000},
+}
 
 
 def tiny_tts_config(n_q: int = 8, **overrides: Any) -> LmConfig:

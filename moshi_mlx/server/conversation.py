@@ -22,7 +22,7 @@ from .network import NetworkDevices
 MAX_MESSAGE = 1 << 16  # bytes: an 80 ms Opus page is well under 1 KiB
 BYTES_PER_S = 32_000  # the most Opus a client may send on average (256 kbit/s, several times a voice's)
 BURST_BYTES = 1 << 18  # ... plus this much at once
-MAX_AHEAD_S = 4.0  # audio beyond real time (since the client's first audio) that ends the connection
+MAX_AHEAD_S = 4.0  # audio ahead of the time since the client connected that ends the connection
 MAX_UNSENT = 64  # Moshi's frames waiting for a client that does not read (5 s) end the connection
 CLOSE_TIMEOUT_S = 2.0
 
@@ -35,10 +35,9 @@ class Conversation:
 
     def __init__(self, ws: web.WebSocketResponse, pipeline: Pipeline, number: int, inference: Executor,
                  log: Callable[[str], None], outputs: Outputs | None = None, max_backlog: int = 2,
-                 stats: bool = False, peer: str = "?"):
+                 stats: bool = False):
         self.ws, self.pipeline, self.number, self.inference = ws, pipeline, number, inference
         self.log, self.outputs, self.max_backlog, self.want_stats = log, outputs, max_backlog, stats
-        self.peer = peer
         self.ended: str | None = None  # why the conversation ended, when the server ended it
         self.result: EngineStats | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

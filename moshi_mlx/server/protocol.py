@@ -27,9 +27,6 @@ from ..stream.audio_io import Chunker
 
 HANDSHAKE = b"\x00"
 AUDIO, TEXT, ERROR, STATS = 1, 2, 5, 0x10
-KINDS = {AUDIO: "audio", TEXT: "text", ERROR: "error", STATS: "stats"}
-KYUTAI_QUERY = ("text_temperature", "text_topk", "audio_temperature", "audio_topk", "pad_mult", "text_seed",
-                "audio_seed", "repetition_penalty_context", "repetition_penalty", "worker_auth_id", "email")
 
 
 def message(kind: int, payload: bytes) -> bytes:

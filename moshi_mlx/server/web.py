@@ -81,7 +81,11 @@ class Server:
             app.router.add_get("/", self.page)
         elif self.static is not None:
             directory = Path(self.static)
-            app.router.add_get("/", lambda _: web.FileResponse(directory / "index.html"))
+
+            async def index(request: web.Request) -> web.StreamResponse:
+                return web.FileResponse(directory / "index.html")
+
+            app.router.add_get("/", index)
             app.router.add_static("/", directory, follow_symlinks=True)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -104,7 +108,7 @@ class Server:
             return ws
         self.conversations += 1
         conversation = Conversation(ws, self.pipeline, self.conversations, self.inference, self.log, self.outputs,
-                                    self.max_backlog, protocol.wants_stats(request.query), peer)
+                                    self.max_backlog, protocol.wants_stats(request.query))
         self.current = conversation
         self.log(f"conversation {conversation.number} with {peer}")
         try:
