@@ -11,6 +11,7 @@ import mlx.core as mx
 
 from moshi_mlx import Pipeline, catalog, hub
 from moshi_mlx.codec import BACKENDS, choose_backend
+from moshi_mlx.model.kinds import check_model_for
 from moshi_mlx.model.text import check_vocabulary
 from moshi_mlx.model.weights import summarize_quantization
 from moshi_mlx.stream.pipeline import load_text_tokenizer
@@ -97,9 +98,11 @@ def model_inputs(args: argparse.Namespace, files: hub.ModelFiles | None = None) 
     return inputs
 
 
-def check_model_files(files: hub.ModelFiles) -> None:
-    """What can be checked before the slow loading: the tokenizer against the model's text vocabulary (the
-    config's types and ranges are checked as it is read; the weights' dtypes and values as they load)."""
+def check_model_files(files: hub.ModelFiles, command: str = "chat") -> None:
+    """What can be checked before the slow loading: that the model is for `command`, the tokenizer against the
+    model's text vocabulary (the config's types and ranges are checked as it is read; the weights' dtypes and
+    values as they load)."""
+    check_model_for(command, files.config, f"the model ({Path(files.moshi_weights).name})")
     check_vocabulary(load_text_tokenizer(files.tokenizer), files.config, files.tokenizer)
 
 

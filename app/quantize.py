@@ -223,8 +223,9 @@ def quantize(weights: Path, output: Path, config: LmConfig, plan: dict, console:
     """Quantize with a progress bar; prints what was written and the peak memory."""
     kept = sorted(p for p, s in plan.items() if s is None)
     if kept:
-        console.print(f"[yellow]{len(kept)} modules stay bf16: their rows do not split into groups "
-                      f"(e.g. {kept[0]})[/yellow]")
+        why = "the recipe keeps them, as Kyutai's run_tts does, or their rows do not split into groups" \
+            if config.tts_config is not None else "their rows do not split into groups"
+        console.print(f"[yellow]{len(kept)} modules stay bf16: {why} (e.g. {kept[0]})[/yellow]")
     weights_path, _ = output_paths(output, plan)
     with SafetensorsReader(weights) as reader:
         total = reader.total_bytes()
@@ -244,7 +245,8 @@ def quantize(weights: Path, output: Path, config: LmConfig, plan: dict, console:
         f"weight) and {result.config.name} from {format_size(result.input_bytes)} in {elapsed:.0f} s; "
         f"peak memory {format_size(peak_rss_bytes())}"
     )
-    console.print(f"use it: moshi-mlx chat --moshi-weights {weights_path} --config {result.config}")
+    command = "say" if config.tts_config is not None else "transcribe" if config.model_type == "stt" else "chat"
+    console.print(f"use it: moshi-mlx {command} --moshi-weights {weights_path} --config {result.config}")
     return weights_path
 
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     request = check_request(args, read_request(args), known := settle_model(args))
     files = resolve_files(args)
     check_outputs(outputs, model_inputs(args, files), source=args.input)
-    check_model_files(files)
+    check_model_files(files, "run")
     persona = make_persona(args, request, files, known)
     note_licence(known)
     pipeline = load_files(args, files)

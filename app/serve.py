@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     say = Console(stderr=True, highlight=False, soft_wrap=True)
     files = choose_model(args, say)
     choose_backend(args.mimi)
-    check_model_files(files)
+    check_model_files(files, "serve")
     pipeline = load_files(args, files, say.status("Loading Moshi...", spinner="dots") if sys.stderr.isatty()
                           else None)
     static = "page" if args.static is None else None if args.static == "none" else args.static

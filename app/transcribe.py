@@ -136,7 +136,7 @@ def transcribe_file(args: argparse.Namespace) -> None:
     files = resolve_stt_files(args)
     check_outputs(outputs, model_inputs(args, files), source=args.input)
     settings = SttSettings.of(files.config, args.vad, config_source(args, files))
-    check_model_files(files)
+    check_model_files(files, "transcribe")
     # -o and --transcript are written to temporary files, renamed into place once the file is done (or stopped).
     out = AtomicFile(args.out) if args.out else None
     lines = AtomicFile(args.transcript) if args.transcript else None

@@ -162,7 +162,7 @@ def listen(args: argparse.Namespace) -> None:
     files = resolve_stt_files(args)
     check_outputs(outputs, model_inputs(args, files))
     settings = SttSettings.of(files.config, args.vad, config_source(args, files))
-    check_model_files(files)
+    check_model_files(files, "transcribe")
     settings = dataclasses.replace(settings, timing=Timing(settings.timing.delay_s))  # no silence before a microphone
     pipeline = load_stt(args, files)
     model = model_label(args, files)

@@ -37,7 +37,7 @@ class StreamMetrics:
 class QualityReport:
     name: str
     text: StreamMetrics
-    audio: StreamMetrics
+    audio: StreamMetrics | None  # None for a model that generates no audio (STT, dep_q 0)
     bits_per_weight: float | None = None
     size_bytes: int | None = None
 
@@ -122,7 +122,8 @@ def compare(
     return QualityReport(
         name=name,
         text=stream_metrics(reference.text, candidate.text, codes[:, 0]),
-        audio=stream_metrics(reference.audio, candidate.audio, codes[:, 1 : 1 + config.dep_q]),
+        audio=stream_metrics(reference.audio, candidate.audio, codes[:, 1 : 1 + config.dep_q])
+        if config.dep_q else None,
         **sizes,
     )
 
@@ -152,13 +153,14 @@ def render_table(reports: list[QualityReport], title: str = "Quality against bf1
     for column in ("weights", "size", "bits/w", "stream", "KL (nats)", "top-1", "CE", "CE bf16"):
         table.add_column(column, justify="left" if column in ("weights", "stream") else "right")
     for r in reports:
-        for stream, m in (("text", r.text), ("audio", r.audio)):
+        streams = [("text", r.text)] + ([("audio", r.audio)] if r.audio is not None else [])
+        for stream, m in streams:
             first = stream == "text"
             bpw = f"{r.bits_per_weight:.2f}" if first and r.bits_per_weight is not None else ""
             table.add_row(
                 r.name if first else "", format_size(r.size_bytes) if first else "", bpw, stream,
                 f"{m.kl:.2e}", f"{100 * m.top1:.1f} %", f"{m.ce:.4f}", f"{m.ce_reference:.4f}",
-                end_section=not first,
+                end_section=stream == streams[-1][0],
             )
     return table
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import MoshiError
 from .config import LmConfig
 from .generate import LmGen, PendingStep, StepOutput
+from .kinds import model_kind
 from .lm import Lm
 from .persona_gen import PersonaGen
 from .stt_checks import stt_seconds
@@ -155,6 +156,9 @@ def stt_delays(config: LmConfig) -> tuple[float, float]:
 
 def check_model_kind(config: LmConfig, stt: bool, source: str = "the model") -> None:
     """One-line `MoshiError` when `config` is not the kind of model asked for (speech-to-text or conversation)."""
+    if stt and model_kind(config) == "tts":
+        raise MoshiError(f"{source} is a text-to-speech model, not speech-to-text: use `moshi-mlx say` with it, or "
+                         "give an STT model (--model stt-1b or stt-2.6b)")
     if stt and not is_stt(config):
         raise MoshiError(f"{source} is a conversation model (Moshi, dep_q {config.dep_q}), not speech-to-text: "
                          "give an STT model (--model stt-1b or stt-2.6b) or use `moshi-mlx chat`")

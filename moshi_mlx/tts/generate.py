@@ -21,6 +21,7 @@ import numpy as np
 from ..model.generate import LmGen, PendingStep
 from ..model.lm import Lm
 from .conditions import Conditions
+from .prefix import forced_audio
 from .script import Entry
 from .state_machine import State, StateMachine
 from .temporal import Temporal
@@ -51,7 +52,8 @@ class TtsGen(LmGen):
 
     `cfg_coef != 1` runs classifier-free guidance as Kyutai does: the conditioned and unconditioned items in
     one batch of two (give `Conditions` prepared for both); `cfg_is_no_text` feeds the unconditioned item no
-    text and takes the text logits of the conditioned one alone.
+    text and takes the text logits of the conditioned one alone. A voice prefix (`start`'s `prefix`, see
+    `prefix.py`) is forced in first; `cfg_is_no_prefix` hides it from the unconditioned item.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class TtsGen(LmGen):
         top_k_text: int = 25,
         cfg_coef: float = 1.0,
         cfg_is_no_text: bool = True,
+        cfg_is_no_prefix: bool = True,
         padding_bonus: float = 0.0,
         n_q: int | None = None,
         seed: int | None = None,
@@ -77,6 +80,8 @@ class TtsGen(LmGen):
         self.delay_steps = delay_steps
         self.cfg_coef = cfg_coef
         self.cfg_is_no_text = cfg_is_no_text
+        self.cfg_is_no_prefix = cfg_is_no_prefix
+        self.prefix: np.ndarray | None = None
         self.padding_bonus = padding_bonus
         self.state: State | None = None
         self.conditions = Conditions(None, None)
@@ -95,9 +100,15 @@ class TtsGen(LmGen):
     def batch(self) -> int:
         return 2 if self.cfg_coef != 1.0 else 1
 
-    def start(self, entries: list[Entry], conditions: Conditions) -> None:
-        """Begin a generation of `entries` under `conditions` (see `conditions.prepare`)."""
+    @property
+    def prefix_steps(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+    def start(self, entries: list[Entry], conditions: Conditions, prefix: np.ndarray | None = None) -> None:
+        """Begin a generation of `entries` under `conditions` (see `conditions.prepare`), after the voice
+        `prefix` (audio codes `[n_q, P]`) if given."""
         self.reset()
+        self.prefix = prefix
         self.state = self.machine.new_state(entries)
         self.conditions = conditions
         self.logged: list[tuple[int, int]] = []
@@ -119,7 +130,10 @@ class TtsGen(LmGen):
         if self.batch == 2:
             twin = list(row)
             if self.cfg_is_no_text and t > cfg.delays[0]:
-                twin[0] = self.machine.token_ids.zero
+                twin[0] = zero
+            if self.prefix is not None and self.cfg_is_no_prefix:
+                masked_until = self.prefix_steps + self.delay_steps
+                twin = [zero if d < t <= d + masked_until else x for x, d in zip(twin, cfg.delays, strict=True)]
             rows.append(twin)
         return mx.array(rows, dtype=mx.int32)[..., None]
 
@@ -134,7 +148,8 @@ class TtsGen(LmGen):
         if self._collected != self.step_index:
             raise RuntimeError("collect each TTS step before submitting the next")
         t, ids = self.step_index, self.machine.token_ids
-        pad_out, word_out = self.machine.branches(t, self.state)
+        in_prefix = t < self.prefix_steps  # the text is the zero token, the state machine waits
+        pad_out, word_out = (ids.zero, ids.zero) if in_prefix else self.machine.branches(t, self.state)
         hidden, text_logits = self._temporal(self._input_tokens(), self.cache, self.conditions.sum,
                                              self.conditions.cross_kv)
         text_logits = text_logits[:, -1].astype(mx.float32)
@@ -153,6 +168,10 @@ class TtsGen(LmGen):
         silent = [t < d + self.delay_steps for d in self.cfg.delays[1: self.n_gen + 1]]
         if any(silent):
             audio = mx.where(mx.array(silent), ids.zero, audio)
+        if self.prefix is not None:
+            forced = forced_audio(self.prefix, t, self.cfg.delays[1:], self.delay_steps)[: self.n_gen]
+            if (forced >= 0).any():
+                audio = mx.where(mx.array(forced >= 0), mx.array(forced, dtype=mx.int32), audio)
         generated = mx.concatenate([sampled, text, audio])
         self._step_logits = (text_logits, audio_logits) if self.keep_logits else None
         mx.async_eval(generated, mx.random.state)
@@ -176,7 +195,10 @@ class TtsGen(LmGen):
             raise RuntimeError(f"steps are collected in order: expected step {self._collected}")
         values = np.array(pending.generated)  # the wait
         sampled, text = int(values[0]), int(values[1])
-        expected = self.machine.process(pending.index, self.state, sampled)
+        if pending.index < self.prefix_steps:
+            expected = self.machine.token_ids.zero
+        else:
+            expected = self.machine.process(pending.index, self.state, sampled)
         if expected != text:
             raise RuntimeError(f"state machine and device disagree at step {pending.index}: {expected} != {text}")
         self.logged.append((sampled, text))
@@ -201,9 +223,9 @@ class TtsGen(LmGen):
         return end is not None and self.step_index >= end + self.delay_steps + final_padding
 
     def generate(self, entries: list[Entry], conditions: Conditions, final_padding: int = 4,
-                 max_steps: int = 30000) -> TtsResult:
+                 max_steps: int = 30000, prefix: np.ndarray | None = None) -> TtsResult:
         """Run to the end; every complete frame, as Kyutai's `TTSModel.generate` returns them."""
-        self.start(entries, conditions)
+        self.start(entries, conditions, prefix)
         frames = []
         for _ in range(max_steps):
             if self.finished(final_padding):
