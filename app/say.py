@@ -16,6 +16,7 @@ from moshi_mlx.model.text import check_vocabulary
 from moshi_mlx.stream.audio_io import write_wav
 from moshi_mlx.stream.pipeline import load_text_tokenizer
 from moshi_mlx.tts.model import DEFAULT_REPO, TtsModel, check_tts_config, quantize_like_kyutai
+from moshi_mlx.tts.prefix import AUDIO_SUFFIXES, load_prefix
 from moshi_mlx.tts.speak import Speaker, synthesize
 from moshi_mlx.tts.voices import DEFAULT_VOICE, VOICE_REPO, find_voice
 
@@ -45,8 +46,9 @@ def build_parser() -> Parser:
     parser.add_argument("-o", "--out", default=None, help="write the voice to this WAV file")
     parser.add_argument("--no-play", action="store_true", help="do not play on the speaker (needs -o)")
     parser.add_argument("--voice", action="append", default=None,
-                        help=f"a voice of --voice-repo by name, or a voice file (.safetensors); twice for a dialogue "
-                        f"(one turn per line, alternating). Default: {DEFAULT_VOICE}")
+                        help=f"a voice of --voice-repo by name, or a voice file (.safetensors; a recording such as "
+                        f".wav for models that clone one, e.g. tts-0.75b-en-public); twice for a dialogue (one turn "
+                        f"per line, alternating). Default: {DEFAULT_VOICE}")
     parser.add_argument("--voice-repo", type=repo_id, default=VOICE_REPO, help=f"voices repo (default {VOICE_REPO})")
     parser.add_argument("--cfg-coef", type=_cfg_coef, default=2.0,
                         help="classifier-free guidance: how closely to follow the text and voice (default 2.0)")
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         raise MoshiError("--no-play needs -o FILE: the voice would go nowhere")
     inputs = {"--moshi-weights": args.moshi_weights, "--mimi-weights": args.mimi_weights,
               "--tokenizer": args.tokenizer, "--config": args.config, "--file": args.file}
-    inputs.update({f"the voice {Path(v).name}": v for v in args.voice or [] if v.endswith(".safetensors")})
+    inputs.update({f"the voice {Path(v).name}": v for v in args.voice or []
+                   if Path(v).suffix.lower() in (".safetensors", *AUDIO_SUFFIXES)})
     check_outputs({"--out": args.out}, inputs)
     texts = _texts(args)
     if args.text or args.file:  # bad text is reported before the model loads (stdin's lines come after)
@@ -129,12 +132,15 @@ def main(argv: list[str] | None = None) -> None:
     model, codec, codec_note = _load(args)
     if args.verbose:
         print(codec_note, file=sys.stderr)
-    voices = []
-    if args.voice and not model.multi_speaker:
-        print("note: this model takes no voice embedding: --voice is not used", file=sys.stderr)
+    voices, prefix = [], None
     if model.multi_speaker:
         paths = [find_voice(v, model.config.model_id, args.voice_repo) for v in args.voice or [DEFAULT_VOICE]]
         voices = model.load_voices(paths)
+    else:  # Kyutai's models without speaker embeddings clone one recording, fed before the text
+        if len(args.voice or []) > 1:
+            raise MoshiError("this model clones one voice from a recording: give --voice once")
+        path = find_voice((args.voice or [DEFAULT_VOICE])[0], model.config.model_id, args.voice_repo, audio=True)
+        prefix = load_prefix(path, codec, model.config.n_q)
     conditions, gen_coef = model.conditions(voices, args.cfg_coef)
     gen = model.generator(gen_coef, temp=args.temp, seed=args.seed)
     speaker = None if args.no_play else Speaker(args.output_device)
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     audio: list[np.ndarray] = []
     try:
         for turns in texts:
-            _say(model, gen, codec, conditions, turns, speaker, screen, audio, args.verbose)
+            _say(model, gen, codec, conditions, turns, speaker, screen, audio, args.verbose, prefix)
     finally:
         screen.close()
         codec.close()
@@ -171,13 +177,13 @@ def _chain(first: list[str], rest: Iterator[list[str]]) -> Iterator[list[str]]:
 
 
 def _say(model: TtsModel, gen, codec, conditions, turns: list[str], speaker: Speaker | None, screen: WordScreen,
-         audio: list[np.ndarray], verbose: bool) -> None:
+         audio: list[np.ndarray], verbose: bool, prefix: np.ndarray | None = None) -> None:
     entries = model.entries(turns)
     start = time.perf_counter()
     first_audio = None
     screen.start([e.text for e in entries if e.tokens])
     frames = 0
-    for frame in synthesize(gen, codec, entries, conditions):
+    for frame in synthesize(gen, codec, entries, conditions, prefix=prefix):
         if first_audio is None:
             first_audio = frame.since_start_s
         audio.append(frame.pcm)

@@ -348,6 +348,7 @@ def test_soak_through_the_websocket(pipeline):
                 client.round_trips_ms = client.round_trips_ms[-2000:]
             await asyncio.sleep(1.0)
             await client.finish(timeout=60)
+            await idle(server, timeout=120)
             return client, sent, server.last
 
     try:

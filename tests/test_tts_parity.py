@@ -20,7 +20,7 @@ from moshi_mlx.tts.script import Entry, TokenIds, script_to_entries
 from moshi_mlx.tts.state_machine import StateMachine
 
 FIXTURES = Path(__file__).parent / "fixtures"
-VARIANTS = ["distilled", "cfg_batch"]
+VARIANTS = ["distilled", "cfg_batch", "prefix"]  # prefix: a voice given as audio, tts-0.75b-en-public's way
 
 
 def _load(name: str):
@@ -40,14 +40,16 @@ def _generate(name: str, compile: bool = True):
     cfg, run = lm.config, record["run"]
     ids = TokenIds(cfg.text_card + 1)
     machine = StateMachine(ids, second_stream_ahead=cfg.tts_config.get("second_stream_ahead", 0))
-    entries = script_to_entries(_tokenizer().encode, ids, record["script"], padding_between=1)
-    attributes = [make_attributes(lm, [trace["voice"]], run["cfg_condition"])]
+    speakers = "voice" in trace
+    entries = script_to_entries(_tokenizer().encode, ids, record["script"], speakers, padding_between=1)
+    attributes = [make_attributes(lm, [trace["voice"]] if speakers else [], run["cfg_condition"])]
     if run["cfg_coef"] != 1.0:
         attributes.append(attributes[0].dropped())
     gen = TtsGen(lm, machine, record["delay_steps"], temp=0.0, cfg_coef=run["cfg_coef"],
                  cfg_is_no_text=run["cfg_is_no_text"], padding_bonus=run["padding_bonus"], compile=compile)
     gen.keep_logits = True
-    result = gen.generate(entries, prepare(lm, attributes), final_padding=4)
+    prefix = np.array(trace["prefix"]) if "prefix" in trace else None
+    result = gen.generate(entries, prepare(lm, attributes), final_padding=4, prefix=prefix)
     return record, trace, entries, result, gen
 
 
@@ -55,7 +57,8 @@ def _generate(name: str, compile: bool = True):
 def test_entries_match_kyutai(name):
     record = json.loads((FIXTURES / f"tts_{name}.json").read_text())
     ids = TokenIds(record["config"]["text_card"] + 1)
-    entries = script_to_entries(_tokenizer().encode, ids, record["script"], padding_between=1)
+    speakers = "speaker_wavs" in record["config"]["conditioners"]
+    entries = script_to_entries(_tokenizer().encode, ids, record["script"], speakers, padding_between=1)
     expected = [Entry(tuple(e["tokens"]), e["text"], e["padding"]) for e in record["entries"]]
     assert entries == expected
 

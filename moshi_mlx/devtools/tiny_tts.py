@@ -101,14 +101,44 @@ def write_voice(path: Path, dim: int = VOICE_DIM, length: int = 10, seed: int = 
     return path
 
 
-def write_tiny_tts(directory: str | Path, mimi_weights: str | Path | None = None, seed: int = 0) -> TinyTts:
+def tiny_prefix_tts_config(n_q: int = 8) -> LmConfig:
+    """The `tts-0.75b-en-public` structure with tiny dimensions: no speaker embeddings or cross-attention, a
+    `control` condition only, a 5-wide text head; its voice is a recording fed before the text."""
+    values = tiny_tts_config(n_q).to_dict() | dict(
+        cross_attention=False, text_card_out=5, fuser={"sum": ["control"], "prepend": [], "cross": []},
+        conditioners={"control": {"type": "lut", "lut": {"n_bins": 1, "dim": 32, "tokenizer": "noop",
+                                                         "possible_values": ["ok"]}}},
+    )
+    return LmConfig.from_dict(values)
+
+
+def write_recording(path: Path, seconds: float = 1.0, seed: int = 0) -> Path:
+    """A voice recording stand-in: a mono 24 kHz WAV of a wobbling tone in noise."""
+    import numpy as np
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(24000 * seconds)) / 24000
+    pcm = 0.3 * np.sin(2 * np.pi * (180 + 40 * np.sin(2 * np.pi * 3 * t)) * t) + 0.05 * rng.standard_normal(t.size)
+    soundfile.write(str(path), pcm.astype(np.float32), 24000, subtype="PCM_16")
+    return path
+
+
+def write_tiny_tts(directory: str | Path, mimi_weights: str | Path | None = None, seed: int = 0,
+                   prefix_voice: bool = False) -> TinyTts:
+    """A tiny TTS model on disk; with `prefix_voice`, the `tts-0.75b-en-public` structure and a recording as
+    its voice."""
     directory = Path(directory)
-    weights, config = write_random_lm(directory, tiny_tts_config(), seed=seed, scale=3.0)
+    config = tiny_prefix_tts_config() if prefix_voice else tiny_tts_config()
+    weights, config = write_random_lm(directory, config, seed=seed, scale=3.0)
     if mimi_weights is None:
         mimi_weights = directory / "mimi.safetensors"
         if not mimi_weights.exists():
             write_random_mimi(mimi_weights, seed=seed)
     tokenizer = write_tiny_tokenizer(directory / "tokenizer.model")
     suffix = f".{MODEL_ID['sig']}@{MODEL_ID['epoch']}.safetensors"
-    voice = write_voice(directory / f"{VOICE_NAME}{suffix}", seed=seed)
+    if prefix_voice:
+        voice = write_recording(directory / f"{VOICE_NAME}.wav", seed=seed)
+    else:
+        voice = write_voice(directory / f"{VOICE_NAME}{suffix}", seed=seed)
     return TinyTts(weights, config, Path(mimi_weights), tokenizer, voice)

@@ -73,7 +73,7 @@ class LmGen:
         self.lm = lm
         cfg = lm.config
         self.cfg = cfg
-        self.sample_text = _sampler(temp_text, top_k_text, cfg.text_card)
+        self.sample_text = _sampler(temp_text, top_k_text, cfg.text_out_card)
         self.sample_audio = _sampler(temp, top_k, cfg.card)
         self.seed = seed
         self.num_user = cfg.n_q - cfg.dep_q

@@ -119,4 +119,5 @@ class TtsModel:
         """A generator; `cfg_coef` as `conditions` returned it."""
         distilled = bool(self.cfg_values)
         return TtsGen(self.lm, self.machine, self.delay_steps, temp=temp, cfg_coef=cfg_coef,
-                      cfg_is_no_text=not distilled, cfg_is_no_prefix=not distilled, padding_bonus=padding_bonus, n_q=n_q, seed=seed)
+                      cfg_is_no_text=not distilled, cfg_is_no_prefix=not distilled, padding_bonus=padding_bonus,
+                      n_q=n_q, seed=seed)

@@ -2,7 +2,9 @@
 
 Audio frame j (80 ms) is the frame the model completes `delay_steps + max_delay + j` steps after the start; the
 text step s of a word is spoken in audio frame s (Kyutai's `run_tts` decodes `frames[delay_steps:]`). The first
-audio therefore comes after `delay_steps + max_delay + 1` steps (19 for the 1.6B model).
+audio therefore comes after `delay_steps + max_delay + 1` steps (19 for the 1.6B model). A voice prefix's `P`
+frames are decoded (Mimi's state needs them) but not played, as Kyutai's `run_tts` cuts them: audio frame `j` is
+then the decoded frame `P + j`, and a word fed at step `s` is spoken in audio frame `s - P`.
 """
 
 from __future__ import annotations
@@ -36,24 +38,28 @@ class SpokenFrame:
 
 
 def synthesize(gen: TtsGen, codec: Codec, entries: list[Entry], conditions: Conditions, final_padding: int = 4,
-               max_steps: int = 30000) -> Iterator[SpokenFrame]:
-    """Generate and decode frame by frame (Kyutai's stop rule; at most `max_steps` steps)."""
+               max_steps: int = 30000, prefix: np.ndarray | None = None) -> Iterator[SpokenFrame]:
+    """Generate and decode frame by frame (Kyutai's stop rule; at most `max_steps` steps), after the voice
+    `prefix` (audio codes `[n_q, P]`, see `prefix.py`) if given."""
     start = time.perf_counter()
-    gen.start(entries, conditions)
+    gen.start(entries, conditions, prefix)
     codec.reset()
-    first = gen.cfg.max_delay + gen.delay_steps  # the step whose frame is audio frame 0
+    skip = gen.prefix_steps
+    first = gen.cfg.max_delay + gen.delay_steps + skip  # the step whose frame is audio frame 0
     for _ in range(max_steps):
         if gen.finished(final_padding):
             return
         t0 = time.perf_counter()
         out = gen.step()
         t1 = time.perf_counter()
-        if out.frame is None or out.step < first:
+        if out.frame is None or out.step < first - skip:
             continue
         pcm = codec.decode(out.frame[1:])
         t2 = time.perf_counter()
-        yield SpokenFrame(out.step - first, pcm, list(gen.state.transcript), (t1 - t0) * 1000, (t2 - t1) * 1000,
-                          t2 - start)
+        if out.step < first:  # the voice recording itself
+            continue
+        words = [(word, step - skip) for word, step in gen.state.transcript]
+        yield SpokenFrame(out.step - first, pcm, words, (t1 - t0) * 1000, (t2 - t1) * 1000, t2 - start)
 
 
 class ReadingQueue(SpeakerQueue):

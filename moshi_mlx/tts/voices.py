@@ -4,6 +4,8 @@ Kyutai's voice files are safetensors holding `speaker_wavs` `[1, dim, T]` (float
 `<voice>.<sig>@<epoch>.safetensors` after the `model_id` of the TTS model they were computed for (their metadata
 carries the same `sig` and `epoch`). A name is looked up in the voice repo with that suffix, as Kyutai's
 `TTSModel.get_voice_path` does, through the same cache as the model files (so it works offline once fetched).
+A model without speaker embeddings (`tts-0.75b-en-public`) takes a recording instead (`prefix.py`): a local audio
+file, or a file of the repo by its own name (Kyutai's voice suffix is then empty).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import mlx.core as mx
 
 from ..errors import MoshiError
 from ..hub import check_repo_id, fetch
+from .prefix import AUDIO_SUFFIXES
 
 VOICE_REPO = "kyutai/tts-voices"
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"
@@ -29,15 +32,23 @@ def voice_suffix(model_id: dict | None) -> str:
     return f".{model_id['sig']}@{model_id['epoch']}.safetensors"
 
 
-def find_voice(voice: str, model_id: dict | None, repo: str = VOICE_REPO) -> Path:
-    """A local `.safetensors` file, or a voice of the repo by name (fetched into the cache once)."""
+def find_voice(voice: str, model_id: dict | None, repo: str = VOICE_REPO, audio: bool = False) -> Path:
+    """A local `.safetensors` file, or a voice of the repo by name (fetched into the cache once); with `audio`
+    (a model that clones a recording), a local audio file or a recording of the repo."""
     local = Path(voice).expanduser()
-    if voice.endswith(".safetensors"):
+    kind = "a recording (.wav)" if audio else "a voice file (.safetensors)"
+    if voice.endswith(".safetensors") and audio:
+        raise MoshiError(f"{local.name} is a speaker embedding, but this model clones a voice from a recording: "
+                         f"give {kind} or a recording of {repo} by name (e.g. {DEFAULT_VOICE})")
+    if local.suffix.lower() in AUDIO_SUFFIXES and local.is_file() and not audio:
+        raise MoshiError(f"{local.name} is a recording, but this model takes speaker embeddings: give {kind} "
+                         f"made for it, or a voice of {repo} by name")
+    if voice.endswith(".safetensors") or (audio and local.is_file()):
         if not local.is_file():
             raise MoshiError(f"voice file not found: {local}")
         return local
-    suffix = voice_suffix(model_id)
-    if not suffix:
+    suffix = "" if audio else voice_suffix(model_id)
+    if not suffix and not audio:
         raise MoshiError("this model's config has no model_id, so its voices cannot be named: give a voice file "
                          "(.safetensors)")
     try:
@@ -45,11 +56,11 @@ def find_voice(voice: str, model_id: dict | None, repo: str = VOICE_REPO) -> Pat
     except MoshiError as e:
         if "cannot be downloaded now" in str(e):
             raise MoshiError(f"voice {voice!r} is not in the Hugging Face cache and cannot be downloaded now "
-                             "(offline): use it once while online, or give a voice file (.safetensors)") from None
+                             f"(offline): use it once while online, or give {kind}") from None
         if "has no file" not in str(e):
             raise
         raise MoshiError(f"unknown voice {voice!r}: {repo} has no {voice + suffix} (the voices are listed at "
-                         f"https://huggingface.co/{repo}; or give a .safetensors voice file)") from None
+                         f"https://huggingface.co/{repo}; or give {kind})") from None
 
 
 def _metadata(path: Path) -> dict:
