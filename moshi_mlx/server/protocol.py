@@ -84,7 +84,8 @@ class OpusFrames:
 
 
 class OpusPages:
-    """Moshi's 80 ms frames -> Ogg Opus pages, one a frame (the first one after the stream's header pages)."""
+    """Moshi's 80 ms frames -> Ogg Opus bytes for one message each (sphn writes two pages of 40 ms; the first
+    frame's bytes start with the stream's two header pages)."""
 
     def __init__(self) -> None:
         self._writer = _sphn().OpusStreamWriter(SAMPLE_RATE)
