@@ -324,12 +324,18 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_soak_through_the_websocket(pipeline):
     """Ten minutes of conversation over the socket (MOSHI_SERVE_SOAK_MINUTES to change): memory stays flat, and
-    every frame the client sent was either processed or counted as skipped by the lag policy."""
+    every frame the client sent was either processed or counted as skipped by the lag policy.
+
+    The codec is a lossless stand-in of bounded state: what is measured is the server's own memory (rustymimi's
+    caches grow until renewed, which docs/long-conversations.md measures on its own).
+    """
+    from moshi_mlx import Pipeline
     from moshi_mlx.devtools.process_memory import current_rss_bytes
+    from moshi_mlx.devtools.stand_ins import LabelCodec
 
     minutes = float(os.environ.get("MOSHI_SERVE_SOAK_MINUTES", "10"))
     lines = []
-    server = Server(pipeline, log=lines.append)
+    server = Server(Pipeline(pipeline.gen, LabelCodec(), pipeline.tokenizer), log=lines.append)
     server.warm_up()
     chunk = voice_like(8.0)
     memory = []
@@ -357,9 +363,7 @@ def test_soak_through_the_websocket(pipeline):
         server.close()
     stats = conversation.result
     assert stats.processed + stats.dropped == sent, (stats.processed, stats.dropped, sent)
-    # rustymimi's attention caches grow until each direction is renewed (every 2 minutes, the decoder a minute after
-    # the encoder), and the allocator keeps what overlapping renewals asked for: flat means no higher peak in the
-    # last stretch than in the one before, once those cycles have run.
+    # Flat: no higher peak in the last stretch than in the one before (the codec's ring of frames is full by then).
     start = memory[0][0]
     per_minute = [max((rss for at, rss in memory if m * 60 <= at - start < (m + 1) * 60), default=0) / 2**20
                   for m in range(int(minutes) + 1)]

@@ -55,7 +55,7 @@ def _start_chromium(wav: Path, profile: Path, port: int) -> subprocess.Popen:
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
          "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
          f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required",
-         f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--window-size=900,560", "about:blank"],
+         f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--window-size=900,720", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
 
