@@ -22,6 +22,7 @@ from .checks import check_output_folder
 from .interrupt import interrupt_on_termination
 from .model_args import add_model_args, add_sampling_args, check_model_files, load_files
 from .parser import Parser, non_negative_int
+from .persona_args import add_persona_args, check_request, make_persona, note_licence, read_request, settle_model
 from .transcript import Transcript
 
 TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
@@ -97,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="input frames allowed to wait before the oldest are skipped to keep up (default 2)")
     add_model_args(parser)
     add_sampling_args(parser)
+    add_persona_args(parser)
     return parser.parse_args(argv)
 
 
@@ -165,11 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     access = None if args.token == "none" else args.token or (None if local else secrets.token_urlsafe(12))
     context = ssl_context(args.ssl) if args.ssl else None
     say = Console(stderr=True, highlight=False, soft_wrap=True)
+    request = check_request(args, read_request(args), known := settle_model(args))
     files = choose_model(args, say)
     choose_backend(args.mimi)
     check_model_files(files, "serve")
+    persona = make_persona(args, request, files, known)
+    note_licence(known)
     pipeline = load_files(args, files, say.status("Loading Moshi...", spinner="dots") if sys.stderr.isatty()
                           else None)
+    pipeline.persona = persona  # each conversation's engine feeds it after its warm-up, before the handshake
     static = "page" if args.static is None else None if args.static == "none" else args.static
     server = Server(pipeline, token=access, static=static, outputs=conversation_files(args),
                     max_backlog=args.max_backlog, log=log, inference=MainThreadExecutor())

@@ -400,3 +400,45 @@ def test_ssl_folder_and_address(tmp_path, capsys):
     args = parse_args(["--host", "0.0.0.0", "--ssl", str(tmp_path), "--port", "9000"])
     assert address(args, "abcdefgh12").startswith("https://") and address(args, "abcdefgh12").endswith(
         ":9000/?token=abcdefgh12")
+
+
+def test_a_persona_is_fed_before_each_conversations_handshake(tiny_persona_model):
+    """PersonaPlex through `serve`: every conversation starts with the persona read, before the client is told
+    the model is ready."""
+    from moshi_mlx.persona.session import Persona
+
+    pipeline = load_pipeline(tiny_persona_model)
+    pipeline.persona = Persona.make(pipeline.tokenizer, "You are a pirate.", None)
+    order = []
+    feed = pipeline.new_conversation
+    pipeline.new_conversation = lambda *a, **k: order.append(("prefill", pipeline.gen.step_index)) or feed(*a, **k)
+    server = Server(pipeline, log=lambda line: None)
+    server.warm_up()
+
+    async def scenario():
+        async with serving(server) as (site, session):
+            for _ in range(2):
+                client = await connect(site, session)
+                assert await client.handshake() == HANDSHAKE
+                order.append(("handshake", pipeline.ready))
+                client.listen()
+                await client.send_audio(voice_like(0.5))
+                await client.finish()
+                await idle(server)
+
+    try:
+        run(scenario())
+    finally:
+        server.close()
+        pipeline.close()
+    assert [what for what, _ in order] == ["prefill", "handshake"] * 2, order
+    assert all(ready for what, ready in order if what == "handshake"), order
+
+
+def test_serve_refuses_a_persona_for_moshi_in_one_line(tiny_model, capsys):
+    from moshi_mlx.app import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--persona", "You are a pirate.", *tiny_model.cli_args()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and "persona" in err[0]
