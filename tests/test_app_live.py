@@ -7,15 +7,13 @@ must show it and keep going.
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import RunningApp, wait_for
 
 from moshi_mlx.devtools.virtual_audio import speech_wav
 
@@ -27,15 +25,6 @@ STATUS = re.compile(
     r"underruns \d+ \| \d\d:\d\d"
 )
 TRANSCRIPT_LINE = re.compile(r"\[(\d\d:\d\d)\.\d\] (\S.*)")
-
-
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def chat_command(tiny_model, tmp_path):
@@ -107,22 +96,16 @@ def test_live_screen_in_a_terminal(tmp_path, tiny_model, virtual_audio):
 def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path, tiny_model, virtual_audio):
     speech = speech_wav(tmp_path / "speech.wav", SPEECH)
     command, transcript, record = chat_command(tiny_model, tmp_path)
-    app = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(app.stderr), daemon=True)
-    reader.start()
+    app = RunningApp(command)
     try:
-        wait_for(lambda: any("Ctrl-C to stop" in line for line in err), 180, "the conversation to start")
+        app.wait_for_err("Ctrl-C to stop", 180)
         virtual_audio.play(speech).wait(60)
-        app.send_signal(signal.SIGINT)
-        out, _ = app.communicate(timeout=60)
+        returncode = app.stop()
     finally:
-        if app.poll() is None:
-            app.kill()
-            app.wait()
-    reader.join(10)
-    assert app.returncode == 0, "".join(err)
-    assert "\x1b" not in out and "Traceback" not in "".join(err)
+        app.close()
+    out = app.out
+    assert returncode == 0, app.err
+    assert "\x1b" not in out and "Traceback" not in app.err
     lines = out.splitlines()
     assert lines[-1].startswith("[") and "] status: model.safetensors bf16 | encode " in lines[-1]
     assert STATUS.search(lines[-1])

@@ -1,15 +1,13 @@
 """`chat` with a persona on the virtual sound card: the persona is fed before the microphone opens, then the
 conversation runs with the echo canceller on."""
 
-import signal
-import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import RunningApp
 
 from moshi_mlx import Engine
 from moshi_mlx.devtools.virtual_audio import speech_wav
@@ -56,28 +54,20 @@ def test_chat_with_a_persona(tmp_path, tiny_persona_model, virtual_audio):
     command = [sys.executable, "-m", "moshi_mlx", "chat", *tiny_persona_model.cli_args(), "--seed", "0",
                "--persona", "You are a pirate.", "--voice-prompt", voice_file(tmp_path / "voice.wav"),
                "--transcript", tmp_path / "t.txt"]
-    app = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(app.stderr), daemon=True)
-    reader.start()
+    app = RunningApp(command)
     try:
-        deadline = time.monotonic() + 180
-        while not any("Ctrl-C to stop" in line for line in err) and time.monotonic() < deadline and app.poll() is None:
-            time.sleep(0.25)
+        app.wait_for_err("Ctrl-C to stop", 180)
         virtual_audio.play(speech_wav(tmp_path / "speech.wav", "Ahoy, where is the treasure?")).wait(60)
-        app.send_signal(signal.SIGINT)
-        out, _ = app.communicate(timeout=60)
+        returncode = app.stop()
     finally:
-        if app.poll() is None:
-            app.kill()
-            app.wait()
-    reader.join(10)
-    text = "".join(err)
-    assert app.returncode == 0, text
-    lines = [line.rstrip("\n") for line in err]
-    order = [next(i for i, line in enumerate(lines) if line.startswith(start))
-             for start in ('Persona: "You are a pirate." · voice voice.wav', "Persona read: ", "Audio: microphone",
-                           "Talking to PersonaPlex (model.safetensors bf16). Ctrl-C to stop.", "Stopped after ")]
+        app.close()
+    text, out = app.err, app.out
+    assert returncode == 0, text
+    lines = text.splitlines()
+    starts = ('Persona: "You are a pirate." · voice voice.wav', "Persona read: ", "Audio: microphone",
+              "Talking to PersonaPlex (model.safetensors bf16). Ctrl-C to stop.", "Stopped after ")
+    assert all(any(line.startswith(start) for line in lines) for start in starts), text
+    order = [next(i for i, line in enumerate(lines) if line.startswith(start)) for start in starts]
     assert order == sorted(order), lines
     assert "warning: echo cancellation off" not in text and "Traceback" not in text
     assert "] status: model.safetensors bf16 | encode " in out.splitlines()[-1]

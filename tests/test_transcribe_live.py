@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import RunningApp, wait_for
 from moshi_mlx.app import cli, transcribe, transcribe_live
 from moshi_mlx.app.transcribe_formats import TextWriter
 from moshi_mlx.app.transcribe_live import LiveView, ScreenText
@@ -41,15 +42,6 @@ def stt(tmp_path_factory, mimi_weights):
     return write_tiny_stt(tmp_path_factory.mktemp("stt"), mimi_weights)
 
 
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.mark.audio
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_live_on_the_virtual_microphone(stt, virtual_audio, tmp_path, signum):
@@ -57,29 +49,20 @@ def test_live_on_the_virtual_microphone(stt, virtual_audio, tmp_path, signum):
     transcript, out = tmp_path / "t.txt", tmp_path / "out.vtt"
     command = [sys.executable, "-m", "moshi_mlx", "transcribe", "--plain", "--vad", "--transcript", str(transcript),
                "-o", str(out), "--format", "vtt", *map(str, stt.cli_args())]
-    app = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-    out_chunks, err_lines = [], []
-    threading.Thread(target=lambda: err_lines.extend(app.stderr), daemon=True).start()
-
-    def read_stdout():
-        while chunk := app.stdout.read(1):
-            out_chunks.append((time.monotonic(), chunk))
-
-    threading.Thread(target=read_stdout, daemon=True).start()
+    app = RunningApp(command)
     try:
-        wait_for(lambda: any("Ctrl-C to stop" in line for line in err_lines), 180, "listening to start")
+        app.wait_for_err("Ctrl-C to stop", 180)
         played = time.monotonic()
         player = virtual_audio.play(speech)
         player.wait(60)
         finished = time.monotonic()
         time.sleep(1.0)
-        app.send_signal(signum)
-        app.wait(60)
+        returncode = app.stop(signum)
     finally:
-        if app.poll() is None:
-            app.kill()
-    err = "".join(err_lines)
-    assert app.returncode == 0, err
+        app.close()
+    out_chunks = app.out_chunks
+    err = app.err
+    assert returncode == 0, err
     assert "Traceback" not in err and re.search(r"Stopped after \d\d:\d\d: \d+ frames, \d+ skipped", err), err
     printed = "".join(chunk for _, chunk in out_chunks)
     during = "".join(chunk for at, chunk in out_chunks if played <= at <= finished)
