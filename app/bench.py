@@ -23,13 +23,14 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from moshi_mlx import FRAME_SIZE, Codec, Engine, Lm, LmConfig, LmGen, Pipeline, load_codec, run_frames
+from moshi_mlx import FRAME_SIZE, Codec, Engine, Lm, LmConfig, Pipeline, load_codec, run_frames
 from moshi_mlx.codec import BACKENDS, FRAME_MS, FRAME_S, choose_backend
 from moshi_mlx.devtools.opcount import OpCounter
 from moshi_mlx.devtools.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 from moshi_mlx.devtools.profiling import StepProfiler
 from moshi_mlx.devtools.random_mimi import write_random_mimi
 from moshi_mlx.devtools.stand_ins import SimulatedDevices
+from moshi_mlx.model.stt import make_generator
 from moshi_mlx.stream.audio_io import BLOCKS_PER_FRAME
 
 from .memory import check_fits
@@ -45,6 +46,7 @@ MODELS: dict[str, dict] = {
     "small": dict(dim=1024, num_heads=16, num_layers=8, depformer_dim=512, depformer_num_heads=8,
                   depformer_num_layers=4, depformer_dim_feedforward=2112),
     "7b": {},
+    "personaplex": dict(dep_q=16, model_type="personaplex"),  # NVIDIA's PersonaPlex 7B (LmConfig.personaplex_7b)
 }
 # --mimi: "rust" is rustymimi; "auto" takes the codec package's default backend.
 STAGES = ("encode", "temporal", "depth", "decode")
@@ -84,6 +86,7 @@ def profile(pipeline: Pipeline, audio: np.ndarray, trace: list[dict], origin: fl
         codes = pipeline.codec.encode(audio[t * FRAME_SIZE : (t + 1) * FRAME_SIZE])
         t1 = time.perf_counter()
         out, temporal_ms, depth_ms = profiler.step(codes)
+        first_call = temporal_ms == depth_ms == 0  # PersonaPlex's first call computes nothing
         t2 = time.perf_counter()
         if out.audio_codes is not None:
             pipeline.codec.decode(out.audio_codes)
@@ -91,7 +94,7 @@ def profile(pipeline: Pipeline, audio: np.ndarray, trace: list[dict], origin: fl
         spans = {"encode": (t0, (t1 - t0) * 1000), "temporal": (t1, temporal_ms),
                  "depth": (t1 + temporal_ms / 1000, depth_ms), "decode": (t2, (t3 - t2) * 1000)}
         for stage, (start, ms) in spans.items():
-            if stage == "decode" and out.audio_codes is None:
+            if stage == "decode" and out.audio_codes is None or stage in ("temporal", "depth") and first_call:
                 continue
             times[stage].append(ms)
             trace.append({"name": stage, "ph": "X", "pid": 1, "tid": 1, "ts": (start - origin) * 1e6,
@@ -143,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         "real-time factor of the frame loop and a verdict.",
     )
     parser.add_argument("--model", choices=[*MODELS, "stt-1b", "stt-2.6b", "tts-1.6b", "tts-tiny"], default="7b",
-                        help="7b (Moshi), small / tiny (the 7B's structure, narrower and shallower), or Kyutai's "
-                        "speech-to-text stt-1b / stt-2.6b (`moshi-mlx transcribe`)")
+                        help="7b (Moshi), small / tiny (the 7B's structure, narrower and shallower), personaplex "
+                        "(NVIDIA's PersonaPlex 7B, 16 depth steps), Kyutai's speech-to-text stt-1b / stt-2.6b "
+                        "(`moshi-mlx transcribe`) or text-to-speech tts-1.6b (`moshi-mlx say`)")
     parser.add_argument("-q", "--quantize", "--quant", dest="quant", choices=["4", "8", "bf16"], default=None,
                         help="weights precision (default 4; bf16 for stt-*)")
     parser.add_argument("--frames", type=int, default=50, help="frames per pass (80 ms each; default 50)")
@@ -174,9 +178,9 @@ def main(argv: list[str] | None = None) -> None:
 
         check_outputs({"--trace": args.trace})
     quant_name = args.dtype if args.quant == "bf16" else f"q{args.quant}"
-    if args.model == "7b":
+    if args.model in ("7b", "personaplex"):
         check_fits(quant_name)
-    model_name = "7B" if args.model == "7b" else args.model
+    model_name = {"7b": "7B", "personaplex": "PersonaPlex 7B"}.get(args.model, args.model)
     name = f"{model_name} {quant_name}"
 
     print(f"moshi-mlx bench: {name}, random weights built in memory, {args.frames} frames per pass", flush=True)
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: Any, name: str, lm: Lm, weights_bytes: int, codec: Codec, mimi_bytes: int, start: float) -> None:
-    gen = LmGen(lm, seed=0)
+    gen = make_generator(lm, seed=0)
     pipeline = Pipeline(gen, codec)
     print(f"built in {time.perf_counter() - start:.1f} s: LM weights {weights_bytes / GIB:.2f} GiB, "
           f"Mimi {type(codec).__name__} ({mimi_bytes / GIB:.2f} GiB resident)", flush=True)
@@ -264,7 +268,7 @@ def live_latency(args: Any, lm: Lm, mimi_path: Path, backend: str) -> None:
     # A fresh generator and codec: the engine traces and runs all MLX work on its own thread, as `chat` does.
     codec = load_codec(mimi_path, backend=backend)
     try:
-        with Engine(Pipeline(LmGen(lm, seed=0), codec), devices=devices) as engine:
+        with Engine(Pipeline(make_generator(lm, seed=0), codec), devices=devices) as engine:
             time.sleep(frames * FRAME_S)
         stats = engine.stats()
     finally:

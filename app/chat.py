@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
-from rich.live import Live
 
 from moshi_mlx import Engine, MoshiError, Pipeline, hub
 from moshi_mlx.codec import FRAME_S, choose_backend
@@ -41,7 +39,7 @@ from .persona_args import (
     settle_model,
 )
 from .transcript import Transcript
-from .ui import ChatView, PlainOutput, clock
+from .ui import ChatView, PlainOutput, clock, show_until_stopped
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,22 +94,7 @@ def model_label(args: argparse.Namespace, files: hub.ModelFiles, pipeline: Pipel
 
 def converse(engine: Engine, view: ChatView, output: PlainOutput | None, console: Console) -> None:
     """Until Ctrl-C (or the engine stops on an error): the live screen, or plain lines when `output` is given."""
-
-    def wait() -> None:
-        while engine.running:
-            if output is not None:
-                output.update()
-            time.sleep(0.1)
-
-    try:
-        if output is not None:
-            wait()
-        else:
-            with Live(console=console, get_renderable=lambda: view.render(console), refresh_per_second=8,
-                      redirect_stderr=False):
-                wait()
-    except KeyboardInterrupt:
-        pass
+    show_until_stopped(engine, console, view.render, None if output is None else output.update)
 
 
 def devices_line(stats: EngineStats) -> str:

@@ -112,15 +112,18 @@ def codec_line(backend: str, why: str) -> str:
 
 
 def load_files(
-    args: argparse.Namespace, files: hub.ModelFiles, loading: AbstractContextManager | None = None
+    args: argparse.Namespace,
+    files: hub.ModelFiles,
+    loading: AbstractContextManager | None = None,
+    temp: float | None = None,
 ) -> Pipeline:
     """Load the pipeline (inside `loading`, e.g. a spinner), then say which Mimi backend runs and what the options
-    could not change (on stderr)."""
+    could not change (on stderr). `temp`, when given, stands for `--temp` (a model with no audio to sample)."""
     mimi, why = choose_backend(args.mimi)
     with loading or nullcontext():
         pipeline = Pipeline.load(
-            files.moshi_weights, files.mimi_weights, files.tokenizer, files.config,
-            seed=args.seed, temp=args.temp, temp_text=args.temp_text, dtype=DTYPES[args.dtype], mimi=mimi,
+            files.moshi_weights, files.mimi_weights, files.tokenizer, files.config, seed=args.seed,
+            temp=args.temp if temp is None else temp, temp_text=args.temp_text, dtype=DTYPES[args.dtype], mimi=mimi,
         )
     print(codec_line(mimi, why), file=sys.stderr)
     held = summarize_quantization(pipeline.gen.lm.quantization)

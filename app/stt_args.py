@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from moshi_mlx import MoshiError, Pipeline, hub
-from moshi_mlx.codec import BACKENDS, SAMPLE_RATE, choose_backend
+from moshi_mlx.codec import BACKENDS, SAMPLE_RATE
 from moshi_mlx.stream.words import Timing, TurnDetector
 
 from .memory import check_fits, needed_gib, total_memory_gib
-from .model_args import DTYPES, add_dtype_arg, codec_line, dtype_note, quantization_note
+from .model_args import add_dtype_arg, load_files
 from .parser import repo_id, seed, temperature
 
 STT_MODELS = ("stt-1b", "stt-2.6b")
@@ -108,14 +107,4 @@ def model_label(args: argparse.Namespace, files: hub.ModelFiles) -> str:
 
 def load_stt(args: argparse.Namespace, files: hub.ModelFiles) -> Pipeline:
     """Load the speech-to-text pipeline (greedy unless --temp-text), then say which Mimi backend runs (stderr)."""
-    from moshi_mlx.model.weights import summarize_quantization
-
-    mimi, why = choose_backend(args.mimi)
-    pipeline = Pipeline.load(files.moshi_weights, files.mimi_weights, files.tokenizer, files.config, seed=args.seed,
-                             temp=0.0, temp_text=args.temp_text, dtype=DTYPES[args.dtype], mimi=mimi)
-    print(codec_line(mimi, why), file=sys.stderr)
-    held = summarize_quantization(pipeline.gen.lm.quantization)
-    for note in (quantization_note(args, held), dtype_note(args.dtype, held, Path(files.moshi_weights).name)):
-        if note:
-            print(note, file=sys.stderr)
-    return pipeline
+    return load_files(args, files, temp=0.0)

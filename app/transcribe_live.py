@@ -12,13 +12,11 @@ import argparse
 import dataclasses
 import sys
 import threading
-import time
 from collections import deque
 from contextlib import nullcontext
 from typing import Any
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.text import Text
 
 from moshi_mlx import Engine, FrameEvent, MoshiError
@@ -35,7 +33,7 @@ from .stt_args import SttSettings, config_source, load_stt, model_label, resolve
 from .transcribe import Session
 from .transcribe_formats import TURN_MARK, Fanout, TextWriter, TimedWordsWriter, Writer, make_writer
 from .transcript import Transcript
-from .ui import clock, meter, pack
+from .ui import SessionClock, clock, meter, pack, show_until_stopped
 
 TIMING_WINDOW = 12  # frames averaged for the timings: about one second
 
@@ -73,23 +71,16 @@ class ScreenText(Writer):
         return calls
 
 
-class LiveView:
+class LiveView(SessionClock):
     """A live transcription's state for display, updated once per frame on the engine's thread."""
 
     def __init__(self, model: str, session: Session, screen: ScreenText, heads: int):
+        super().__init__()
         self.model, self.session, self.screen, self.heads = model, session, screen, heads
-        self.started = time.monotonic()
         self.last: FrameEvent | None = None
         self.turn_end = 0.0  # the end-of-turn head's probability at the last step
         self._timings: deque[tuple[float, float, float]] = deque(maxlen=TIMING_WINDOW)
         self._lock = threading.Lock()
-
-    def start(self) -> None:
-        self.started = time.monotonic()
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
 
     def on_event(self, event: FrameEvent) -> None:
         with self._lock:
@@ -219,22 +210,8 @@ def listen(args: argparse.Namespace) -> None:
 
 def _show(engine: Engine, view: LiveView, screen: ScreenText, terminal: Writer | None, console: Console) -> None:
     """Until Ctrl-C (or the engine stops on an error): the live screen, or the words as plain text."""
-
-    def wait() -> None:
-        while engine.running:
-            if terminal is not None:
-                _replay(screen.take(), terminal)
-            time.sleep(0.1)
-
-    try:
-        if terminal is not None:
-            wait()
-        else:
-            with Live(console=console, get_renderable=lambda: view.render(console), refresh_per_second=8,
-                      redirect_stderr=False):
-                wait()
-    except KeyboardInterrupt:
-        pass
+    show_until_stopped(engine, console, view.render,
+                       None if terminal is None else lambda: _replay(screen.take(), terminal))
 
 
 def _replay(calls: list[tuple[str, Any]], writer: Writer) -> None:

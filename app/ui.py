@@ -11,9 +11,11 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import IO, Any
 
 from rich.console import Console, Group
+from rich.live import Live
 from rich.text import Text
 
 from moshi_mlx import FrameEvent
@@ -37,14 +39,51 @@ def decibels(level: float, floor: float = -60.0) -> float:
     return max(floor, 20 * math.log10(level)) if level > 0 else floor
 
 
-class ChatView:
+class SessionClock:
+    """How long a live session has run: from `start()` (the devices open), or from construction before that."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        """The session starts now (the devices are open)."""
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def show_until_stopped(engine: Any, console: Console, render: Callable[[Console], Any],
+                       tick: Callable[[], None] | None = None) -> None:
+    """Until Ctrl-C or the engine stops (on an error): `render` on rich's live screen, or, in plain mode (`tick`
+    given), `tick()` ten times a second to print what is new."""
+
+    def wait() -> None:
+        while engine.running:
+            if tick is not None:
+                tick()
+            time.sleep(0.1)
+
+    try:
+        if tick is not None:
+            wait()
+        else:
+            with Live(console=console, get_renderable=lambda: render(console), refresh_per_second=8,
+                      redirect_stderr=False):
+                wait()
+    except KeyboardInterrupt:
+        pass
+
+
+class ChatView(SessionClock):
     """The state of a conversation for display, updated once per frame by `on_event`."""
 
     def __init__(self, model: str, transcript: Transcript, persona: str | None = None, max_segments: int = 400):
+        super().__init__()
         self.model = model
         self.persona = persona  # the role and voice the model was given (PersonaPlex), for the header
         self.transcript = transcript
-        self.started = time.monotonic()
         self.frames = 0
         self.last: FrameEvent | None = None
         self._timings: deque[tuple[float, float, float, float]] = deque(maxlen=TIMING_WINDOW)
@@ -57,14 +96,6 @@ class ChatView:
         self._lag_marker: list[Any] | None = None
         self._lag_time = 0.0
         self._lock = threading.Lock()
-
-    def start(self) -> None:
-        """The conversation starts now (the devices are open)."""
-        self.started = time.monotonic()
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
 
     def on_event(self, event: FrameEvent) -> None:
         with self._lock:

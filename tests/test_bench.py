@@ -39,3 +39,18 @@ def test_bench_refuses_one_frame(capsys):
         bench.main(["--model", "tiny", "--frames", "1"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: argument --frames: at least 2")
+
+
+def test_bench_profiles_personaplex(tmp_path, capsys, monkeypatch):
+    # PersonaPlex's layout (16 depth steps, NVIDIA's generation) at the tiny widths: the 7B is too slow here.
+    monkeypatch.setitem(bench.MODELS, "personaplex", {**bench.MODELS["tiny"], **bench.MODELS["personaplex"]})
+    trace_path = tmp_path / "f.json"
+    bench.main(["--model", "personaplex", "--frames", "4", "--trace", str(trace_path), "-q", "bf16"])
+    out = capsys.readouterr().out
+    assert out.startswith("moshi-mlx bench: PersonaPlex 7B bf16, random weights built in memory, 4 frames"), out
+    for stage in bench.STAGES:
+        assert re.search(rf"^{stage} +[\d.]+ ms +[\d.]+ ms$", out, re.M), out
+    assert re.search(r"^verdict: PersonaPlex 7B bf16 (runs|does not run) in real time", out, re.M), out
+    names = [e["name"] for e in json.loads(trace_path.read_text())["traceEvents"] if e["ph"] == "X" and e["tid"] == 1]
+    # The first call computes nothing (it only sets the initial tokens); Moshi's first audio comes at the third.
+    assert {n: names.count(n) for n in set(names)} == {"encode": 4, "temporal": 3, "depth": 3, "decode": 2}

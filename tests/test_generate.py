@@ -4,7 +4,8 @@ import pytest
 
 from moshi_mlx import LmGen
 from moshi_mlx.devtools.profiling import StepProfiler
-from moshi_mlx.devtools.random_lm import random_lm, tiny_config
+from moshi_mlx.devtools.random_lm import random_lm, tiny_config, tiny_persona_config
+from moshi_mlx.model.persona_gen import PersonaGen
 
 USER = np.random.default_rng(0).integers(0, 64, size=(40, 8))
 
@@ -184,9 +185,12 @@ def test_text_and_audio_samplers_take_their_own_settings():
     assert text_sampled > 0 and audio_sampled > 0
 
 
-def test_profiler_gives_the_tokens_of_step_and_times_both_parts():
-    lm = random_lm(tiny_config())
-    gen = LmGen(lm, seed=6)
+@pytest.mark.parametrize("make_gen", [lambda: LmGen(random_lm(tiny_config()), seed=6),
+                                      lambda: PersonaGen(random_lm(tiny_persona_config()), seed=6)],
+                         ids=["moshi", "personaplex"])
+def test_profiler_gives_the_tokens_of_step_and_times_both_parts(make_gen):
+    gen = make_gen()
+    first = 1 if isinstance(gen, PersonaGen) else 0  # PersonaPlex's first call computes nothing
 
     def tokens(outs):
         return [(o.text_token, None if o.audio_codes is None else o.audio_codes.tolist()) for o in outs]
@@ -196,5 +200,5 @@ def test_profiler_gives_the_tokens_of_step_and_times_both_parts():
     profiler = StepProfiler(gen)
     profiled = [profiler.step(USER[t]) for t in range(6)]
     assert tokens(o for o, _, _ in profiled) == expected[:6]
-    assert all(temporal > 0 and depth > 0 for _, temporal, depth in profiled)
+    assert all(temporal > 0 and depth > 0 for _, temporal, depth in profiled[first:])
     assert tokens(gen.step(USER[t]) for t in range(6, 9)) == expected[6:]  # the generator goes on as unprofiled

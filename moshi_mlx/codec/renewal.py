@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ..errors import first_line
+from ..threads import mlx_thread
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -155,8 +156,8 @@ class RenewingStream(Generic[In, Out]):
         # room to prime and take what is pending before the limit.
         room = (self.limit - 1 - self.prime_frames - self._position) // 2
         self._throttle_from = self._position + max(0, min(self.renew_every // 2, room))
-        self._primer = threading.Thread(
-            target=self._prime, args=(snapshot,), name=f"mimi-{self.name}-renewal"
+        self._primer = mlx_thread(
+            self._prime, args=(snapshot,), name=f"mimi-{self.name}-renewal"
         )  # not a daemon: killing it inside the codec's native code at exit would abort the process
         self._primer.start()
 

@@ -41,6 +41,7 @@ import numpy as np
 from mlx_lm.generate import wired_limit
 
 from ..errors import MoshiError
+from ..threads import mlx_thread
 from .audio_io import BLOCKS_PER_FRAME
 from .devices import AudioDevices, EngineStats, MicBlock
 from .echo.canceller import CleanedMicrophone, EchoCanceller, EchoSettings, make_echo_canceller
@@ -239,7 +240,7 @@ class Engine:
         if self.executor is not None:
             self._future = self.executor.submit(self._converse)
         else:
-            self._thread = threading.Thread(target=self._converse, name="moshi-inference", daemon=True)
+            self._thread = mlx_thread(self._converse, name="moshi-inference", daemon=True)
             self._thread.start()
         self._ready.wait()  # the warm-up, on the inference thread; the devices open after it
         if self.error is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from ..threads import mlx_thread
 from .pipeline import Frame, FrameEvent, Pipeline, as_frame
 
 Sink = Callable[[FrameEvent, np.ndarray, "np.ndarray | None"], None]
@@ -159,8 +160,8 @@ class _Overlapped:
 
     def run(self) -> None:
         workers = [
-            threading.Thread(target=self._encoder, name="moshi-encoder", daemon=True),
-            threading.Thread(target=self._decoder, name="moshi-decoder", daemon=True),
+            mlx_thread(self._encoder, name="moshi-encoder", daemon=True),
+            mlx_thread(self._decoder, name="moshi-decoder", daemon=True),
         ]
         for worker in workers:
             worker.start()
