@@ -36,6 +36,23 @@ def decode_all(codec, codes: np.ndarray) -> np.ndarray:
     return np.concatenate([codec.decode(c) for c in codes])
 
 
+def test_renewed_encoder_gives_the_codes_of_an_unrenewed_one(mimi_weights, tmp_path):
+    # The encoder alone (the slow test below takes both directions), through two renewals as there: the second
+    # successor is primed on a history cut to its last 250 frames (the first one's has them all).
+    frames = 560
+    audio = speech(tmp_path, frames)
+    plain = load_codec(mimi_weights)
+    renewing = load_codec(mimi_weights, max_seq_len=1040, prime_frames=PRIME)
+    assert renewing.limit == 520 and renewing.renew_every == 135
+    with ThreadPoolExecutor(2) as pool:  # rustymimi releases the GIL: both codecs at once
+        codes_ref, codes = pool.map(encode_all, (plain, renewing), (audio, audio))
+    renewing.close()
+    assert renewing._encoder.renewals >= 2 and renewing.notices() == []
+    agreement = np.mean(codes[135:] == codes_ref[135:])
+    assert agreement >= 0.995, agreement
+
+
+@pytest.mark.slow  # about 3 minutes on a 2-core VM: both directions of full-size Mimi
 def test_renewed_mimi_matches_an_unrenewed_one(mimi_weights, tmp_path):
     # A limit of 520 frames: each stream serves 135 to 269 frames (then it must have been replaced, or it fails),
     # so 560 frames cross at least two renewals in each direction, however fast the successors catch up.

@@ -7,36 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.loudness_signals import RATE, signals
 
 from moshi_mlx.persona.loudness import biquad, integrated_loudness, k_weighting, normalize_loudness
 
 FIXTURES = Path(__file__).parent / "fixtures" / "voice"
-RATE = 24000
-
-
-# The same signals as the fixture script's `signals()` (kept in step by hand: the script must not import the project).
-def lcg_noise(n: int, seed: int) -> np.ndarray:
-    state, values = seed, []
-    for _ in range(n):
-        state = (state * 1664525 + 1013904223) & 0xFFFFFFFF
-        values.append(state)
-    return (np.array(values, dtype=np.float64) / 2**31 - 1.0).astype(np.float32)
-
-
-def signals() -> dict[str, np.ndarray]:
-    t = np.arange(int(3.0 * RATE)) / RATE
-    sine = (0.1 * np.sin(2 * np.pi * 1000.0 * t[:RATE])).astype(np.float32)
-    low = (0.3 * np.sin(2 * np.pi * 100.0 * t[: 2 * RATE])).astype(np.float32)
-    chirp = (0.2 * np.sin(2 * np.pi * (50.0 * t + (8000.0 - 50.0) / (2 * 3.0) * t**2))).astype(np.float32)
-    noise = 0.05 * lcg_noise(int(1.5 * RATE), 7)
-    bursts = np.zeros(int(2.5 * RATE), np.float32)
-    for start, gain in ((0.0, 0.3), (0.9, 0.01), (1.7, 0.3)):
-        a = int(start * RATE)
-        bursts[a : a + int(0.5 * RATE)] = gain * lcg_noise(int(0.5 * RATE), int(start * 10) + 1)
-    quiet = np.concatenate([0.2 * lcg_noise(RATE, 3), 1e-5 * lcg_noise(RATE, 4)]).astype(np.float32)
-    odd = (0.25 * np.sin(2 * np.pi * 440.0 * t[: int(0.437 * RATE)])).astype(np.float32)
-    return {"sine_1k": sine, "sine_100": low, "chirp": chirp, "noise": noise, "bursts": bursts, "quiet_tail": quiet,
-            "odd_length": odd, "silence": np.zeros(RATE, np.float32)}
 
 
 @pytest.fixture(scope="module")

@@ -221,7 +221,13 @@ class LmGen:
         sampled = sampled.astype(mx.int32).reshape(1)
         forced = None if audio is None else np.asarray(audio).reshape(-1).astype(np.int32)
         codes, audio_logits = self._run_depth(hidden, sampled, forced)
-        generated = mx.concatenate([sampled, codes])
+        return self._forced_output(sampled, codes, text_logits, audio_logits)
+
+    def _forced_output(
+        self, text: mx.array, codes: mx.array, text_logits: mx.array, audio_logits: mx.array
+    ) -> StepOutput:
+        """A forced step's tokens, collected, with the logits they were (or would have been) drawn from."""
+        generated = mx.concatenate([text, codes])
         logits = [text_logits[0], audio_logits[:, 0]]
         mx.async_eval(generated, *logits, mx.random.state)
         out = self._collect(self._submitted(generated), logits)

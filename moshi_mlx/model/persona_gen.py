@@ -147,12 +147,7 @@ class PersonaGen(LmGen):
         text_logits = text_logits[:, -1].astype(mx.float32)
         sampled = mx.where(mask[:1], forced[:1], self.sample_text(text_logits).astype(mx.int32).reshape(1))
         codes, audio_logits = self._forced_depth(hidden, sampled, forced[1:], mask[1:])
-        generated = mx.concatenate([sampled, codes])
-        logits = [text_logits[0], audio_logits[:, 0]]
-        mx.async_eval(generated, *logits, mx.random.state)
-        out = self._collect(self._submitted(generated), logits)
-        out.text_logits, out.audio_logits = np.array(logits[0]), np.array(logits[1])
-        return out
+        return self._forced_output(sampled, codes, text_logits, audio_logits)
 
     def _first_call(self) -> mx.array:
         """Call 0 computes nothing: ring column 0 holds the initial tokens."""
