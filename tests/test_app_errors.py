@@ -31,6 +31,14 @@ def test_version_and_help():
     assert result.returncode == 0 and all(name in result.stdout for name in ("chat", "run", "devices", "download"))
 
 
+def test_the_app_starts_without_mlx_lm():
+    # mlx-lm's package imports transformers (over a second): an error or --help comes before it is needed.
+    code = ("import sys, moshi_mlx, moshi_mlx.app.chat, moshi_mlx.app.transcribe, moshi_mlx.app.say; "
+            "print(sorted(m for m in ('mlx_lm', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", (result.stdout, result.stderr)
+
+
 def test_unknown_subcommand():
     result = moshi("tlak")
     assert result.returncode == 2

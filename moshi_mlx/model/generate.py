@@ -10,8 +10,8 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.sample_utils import make_sampler
 
+from . import mlx_lm_parts
 from .lm import Lm
 
 Sampler = Callable[[mx.array], mx.array]
@@ -45,7 +45,7 @@ def _sampler(temp: float, top_k: int, vocab: int) -> Sampler:
     if temp <= 0:
         return lambda logits: mx.argmax(logits, axis=-1)
     # Kyutai's top-k keeps everything when k covers the vocabulary; mlx-lm wants 0 for that.
-    return make_sampler(temp=temp, top_k=top_k if 0 < top_k < vocab else 0)
+    return mlx_lm_parts.make_sampler(temp=temp, top_k=top_k if 0 < top_k < vocab else 0)
 
 
 class LmGen:

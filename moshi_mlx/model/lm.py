@@ -8,8 +8,8 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import ConcatenateKVCache, KVCache, RotatingKVCache
 
+from . import mlx_lm_parts
 from .conditioners import ConditionProvider
 from .config import LmConfig
 from .embeddings import ZERO_TOKEN, make_embedding
@@ -82,12 +82,12 @@ class Lm(nn.Module):
         """Per-layer caches of the temporal transformer; the window holds exactly `context` keys."""
         context = self.config.context
         return [
-            RotatingKVCache(max_size=context) if context else KVCache()
+            mlx_lm_parts.RotatingKVCache(max_size=context) if context else mlx_lm_parts.KVCache()
             for _ in range(self.config.num_layers)
         ]
 
     def make_depformer_cache(self) -> list[Any]:
-        return [ConcatenateKVCache() for _ in range(self.config.depformer_num_layers)]
+        return [mlx_lm_parts.ConcatenateKVCache() for _ in range(self.config.depformer_num_layers)]
 
     def embed_inputs(self, tokens: mx.array) -> mx.array:
         """Sum of the stream embeddings; tokens `[B, K, T]` -> `[B, T, dim]`."""

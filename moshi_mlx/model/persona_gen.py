@@ -21,9 +21,8 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.base import create_causal_mask
-from mlx_lm.models.cache import KVCache, RotatingKVCache
 
+from . import mlx_lm_parts
 from .generate import LmGen, PendingStep, StepOutput
 from .lm import Lm
 from .persona_layout import MOSHI_STREAMS
@@ -52,7 +51,7 @@ class PersonaGen(LmGen):
     def reset(self) -> None:
         super().reset()
         cfg = self.cfg
-        self.cache = [RotatingKVCache(max_size=cfg.context - 1) if cfg.context else KVCache()
+        self.cache = [mlx_lm_parts.RotatingKVCache(max_size=cfg.context - 1) if cfg.context else mlx_lm_parts.KVCache()
                       for _ in range(cfg.num_layers)]
         shape = (cfg.num_codebooks, ring_length(cfg))
         # Host side of NVIDIA's ring: the provided tokens and their mask. Sampled tokens stay on the device until
@@ -108,7 +107,8 @@ class PersonaGen(LmGen):
         self, hidden: mx.array, text: mx.array, forced: mx.array, mask: mx.array
     ) -> tuple[mx.array, mx.array]:
         """The depth transformer's tokens (a provided token replaces the sampled one and is fed on) and logits."""
-        caches = [RotatingKVCache(max_size=self.cfg.dep_q - 1) for _ in range(self.cfg.depformer_num_layers)]
+        layers = self.cfg.depformer_num_layers
+        caches = [mlx_lm_parts.RotatingKVCache(max_size=self.cfg.dep_q - 1) for _ in range(layers)]
         prev, tokens, all_logits = text, [], []
         for k in range(self.cfg.dep_q):
             logits = self.lm.depformer.step(k, hidden, prev.reshape(hidden.shape[:-1]), caches, masked=False)
@@ -222,7 +222,7 @@ class PersonaGen(LmGen):
         for start in range(0, x.shape[1], PREFILL_CHUNK):
             chunk = x[:, start : start + PREFILL_CHUNK]
             offset = self.cache[0].offset
-            mask = create_causal_mask(chunk.shape[1], offset) if chunk.shape[1] > 1 else None
+            mask = mlx_lm_parts.create_causal_mask(chunk.shape[1], offset) if chunk.shape[1] > 1 else None
             chunk = transformer.add_positions(chunk, offset)
             for layer, cache in zip(transformer.layers, self.cache, strict=True):
                 chunk = layer(chunk, cache, mask)

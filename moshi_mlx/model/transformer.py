@@ -7,8 +7,8 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import create_causal_mask, scaled_dot_product_attention
 
+from . import mlx_lm_parts
 from .config import TransformerConfig
 from .cross_attention import CrossAttention
 
@@ -122,7 +122,7 @@ class Attention(nn.Module):
     def attend(self, q: mx.array, k: mx.array, v: mx.array, cache: Any = None, mask: Any = None) -> mx.array:
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        return scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
+        return mlx_lm_parts.scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
 
     def output(self, out: mx.array, ndim: int = 3) -> mx.array:
         """The attention's `[B, H, T, head_dim]` projected back to the residual stream's shape (`ndim` 3 or 2)."""
@@ -229,7 +229,7 @@ class Transformer(nn.Module):
         if T > 1:
             if offset:
                 raise ValueError("multi-step input is only supported from the start of a sequence")
-            mask = create_causal_mask(T, 0, window_size=self.cfg.context)
+            mask = mlx_lm_parts.create_causal_mask(T, 0, window_size=self.cfg.context)
         for i, layer in enumerate(self.layers):
             layer_cross = cross[i] if isinstance(cross, list) else cross
             x = layer(x, caches[i] if caches else None, mask, layer_cross)

@@ -38,9 +38,9 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
-from mlx_lm.generate import wired_limit
 
 from ..errors import MoshiError
+from ..model import mlx_lm_parts
 from ..threads import mlx_thread
 from .audio_io import BLOCKS_PER_FRAME
 from .devices import AudioDevices, EngineStats, MicBlock
@@ -127,7 +127,7 @@ class Engine:
         # Metal ("There is no Stream(gpu, N) in current thread").
         # On a Mac, keep the model's memory wired for the conversation (mlx-lm's helper; nothing elsewhere), so
         # the system cannot page the weights out between frames.
-        with wired_limit(self.pipeline.gen.lm):
+        with mlx_lm_parts.wired_limit(self.pipeline.gen.lm):
             if not self._warm_up():
                 return
             try:
