@@ -162,7 +162,7 @@ def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model, monkeyp
     The model's memory is wired (mlx-lm's `wired_limit`, a no-op off Metal) on that thread for the conversation."""
     import contextlib
 
-    import moshi_mlx.stream.engine
+    from moshi_mlx.model import mlx_lm_parts
 
     pipeline = load_pipeline(tiny_model)
     threads = []
@@ -174,7 +174,7 @@ def test_all_mlx_work_on_the_inference_thread(virtual_audio, tiny_model, monkeyp
         yield
         threads.append(("unwired", threading.current_thread().name))
 
-    monkeypatch.setattr(moshi_mlx.stream.engine, "wired_limit", wired)
+    monkeypatch.setattr(mlx_lm_parts, "wired_limit", wired)
     for name in ("submit", "collect", "reset"):
         method = getattr(pipeline.gen, name)
 
