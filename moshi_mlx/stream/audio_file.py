@@ -16,7 +16,7 @@ import soxr
 
 from ..codec import SAMPLE_RATE
 from ..errors import MoshiError, first_line
-from .audio_io import downmix
+from .audio_io import audio_path, downmix
 
 BLOCK_S = 5.0  # read this much of the file at a time
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
@@ -83,11 +83,7 @@ class AudioFile:
 
 def open_audio(path: str | Path) -> AudioFile:
     """Check that `path` is an audio file soundfile reads and holds samples; nothing is read yet."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise MoshiError(f"{path} is a folder, not an audio file")
-    if not path.is_file():
-        raise MoshiError(f"audio file not found: {path}")
+    path = audio_path(path)
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:

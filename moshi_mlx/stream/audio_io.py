@@ -157,13 +157,19 @@ class Chunker:
         return blocks
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Any file soundfile reads (WAV, FLAC, OGG...) -> float32 `[frames, channels]` and its sample rate."""
+def audio_path(path: str | Path) -> Path:
+    """`path` (with ~ expanded) when it is a file; else one line saying what it is instead."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise MoshiError(f"{path} is a folder, not an audio file")
     if not path.is_file():
         raise MoshiError(f"audio file not found: {path}")
+    return path
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Any file soundfile reads (WAV, FLAC, OGG...) -> float32 `[frames, channels]` and its sample rate."""
+    path = audio_path(path)
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
